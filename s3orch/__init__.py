@@ -1,0 +1,1 @@
+"""s3orch: many S3-compatible backends behind one S3 endpoint."""

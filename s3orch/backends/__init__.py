@@ -1,0 +1,1 @@
+"""Storage backends: the IBackend seam and its s3 and local implementations."""

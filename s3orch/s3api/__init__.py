@@ -1,0 +1,1 @@
+"""The S3 protocol: routing, SigV4 verification, XML, errors, streaming responses."""

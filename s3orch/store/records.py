@@ -1,0 +1,68 @@
+"""Values read from and written to the metadata store."""
+
+from __future__ import annotations
+
+from attrs import field, frozen
+
+
+@frozen
+class StoredCopy:
+    """One stored copy of an object version on one backend."""
+
+    backend: str
+    storage_key: str
+    stored_size: int
+
+
+@frozen
+class ObjectVersion:
+    """The current version of a client-visible object and where its copies live.
+
+    ``created_at`` is seconds since the epoch (float, from the injected clock).
+    ``metadata`` holds the user's ``x-amz-meta-*`` pairs (names lowercased,
+    without the prefix); ``headers`` holds the stored response headers
+    (cache-control, content-disposition, content-encoding, content-language,
+    expires), names lowercased.
+    """
+
+    bucket: str
+    key: str
+    version_id: str
+    size: int
+    etag: str
+    content_type: str
+    created_at: float
+    metadata: dict[str, str] = field(factory=dict)
+    headers: dict[str, str] = field(factory=dict)
+    copies: tuple[StoredCopy, ...] = ()
+
+
+@frozen
+class BackendUsage:
+    """A backend's byte counters.
+
+    ``bytes_used`` counts committed copies; ``bytes_pending`` counts bytes that
+    may exist on the backend without a committed copy (uploads in flight and
+    deletions not yet done). A write fits if
+    ``bytes_limit == 0 or bytes_used + bytes_pending + size <= bytes_limit``.
+    """
+
+    backend: str
+    bytes_used: int
+    bytes_pending: int
+    bytes_limit: int
+    object_count: int
+
+
+@frozen
+class PendingDeletion:
+    """Bytes on a backend that no committed copy refers to and that must be deleted."""
+
+    backend: str
+    storage_key: str
+    size: int
+    attempts: int
+
+
+class NoSpace(Exception):
+    """The backend has no room for the write."""

@@ -1,0 +1,1 @@
+"""Fakes shipped with the package for tests; the server never imports them."""

@@ -1,0 +1,37 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="s3orch",
+    version="0.1.0",
+    description="S3 orchestrator: many S3-compatible backends behind one endpoint",
+    python_requires=">=3.11",
+    packages=find_packages(include=["s3orch", "s3orch.*"]) + ["twisted.plugins"],
+    package_data={"s3orch.store": ["schema/*.sql"]},
+    install_requires=[
+        "twisted>=24.3",
+        "klein>=24.8",
+        "treq>=24.9",
+        "attrs>=23.1",
+        "pyyaml>=6",
+        "psycopg[binary]>=3.1",
+        "prometheus-client>=0.20",
+        "pycryptodome>=3.20",
+        "defusedxml>=0.7",
+        "zope.interface>=6",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8",
+            "pytest-twisted>=1.14",
+            "hypothesis>=6.100",
+            "moto[server]>=5.0",
+            "boto3>=1.34",
+            "awscli>=1.32",
+            "ruff>=0.6",
+            "mypy>=1.10",
+            "mypy-zope>=1.0.5",
+            "types-PyYAML",
+        ],
+    },
+    entry_points={"console_scripts": ["s3orch = s3orch.cli:main"]},
+)
