@@ -1,0 +1,439 @@
+"""A backend that stores each object as one file under a directory.
+
+Key -> path mapping (``key_to_parts`` / ``parts_to_key``)
+---------------------------------------------------------
+The key is taken as UTF-8 bytes and split on ``/`` into segments; every
+segment, including empty ones (``a//b``, a leading or trailing ``/``), keeps its
+place, so the tree mirrors the key's own folders and a listing by prefix only
+walks the folders the prefix names.
+
+Each segment is percent-encoded byte by byte: ``A-Z a-z 0-9 _ -`` and ``.``
+stay as they are, every other byte becomes ``%XX`` (upper-case hex). A ``.``
+that would start a path component is encoded too, so no component is ever
+``.`` or ``..`` or a hidden file, whatever the key. An empty segment is written
+``%`` (which no encoding produces). An encoding longer than 199 characters is
+cut, never inside a ``%XX``, into pieces of at most 199; each piece but the
+last becomes a directory named ``<piece>+``. The last piece of the last segment
+is the object's file, named ``<piece>=``; the last piece of any other segment
+is a plain directory ``<piece>``. Encoded pieces never contain ``+`` or ``=``,
+so a file can never collide with a directory (keys ``a`` and ``a/b`` are
+``a=`` and ``a/b=``), a cut can never be mistaken for a ``/``, and every
+component is at most 200 bytes. Examples::
+
+    photos/cat.jpg      ->  photos/cat.jpg=
+    ../x                ->  %2E./x=
+    a//b/               ->  a/%/b/%=
+    été                 ->  %C3%A9t%C3%A9=
+
+The mapping is a function whose inverse ``list()`` applies to what it finds;
+files that do not decode (foreign files) are ignored. No hash prefix is used:
+the key's own folders spread the files and keep prefix listings cheap. A 1024-
+byte key encodes to at most about 3.1 KiB, inside PATH_MAX for a root of
+reasonable length. The file system must be case-sensitive.
+
+``<root>/.tmp/`` holds files being written (no encoded component starts with
+``.``). A write goes to a temp file there, is fsynced, then renamed into place
+and the parent directory fsynced; a failed write removes its temp file. A
+crash can leave stale files in ``.tmp`` (never a partial object); they are
+not listed. Deleting prunes directories left empty.
+
+All file-system work runs in the injected thread pool; the reactor only
+shuffles chunks. Directory creation/rename and unlink/prune hold one lock so
+a delete never removes a directory a concurrent put is renaming into. Only
+one process may use a root.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import os
+import stat
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import IO
+
+from attrs import define, field
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IReactorFromThreads
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+from zope.interface import implementer
+
+from s3orch.backends.interface import (
+    BackendError,
+    BackendNotFound,
+    BackendObject,
+    BackendRead,
+    IBackend,
+)
+from s3orch.streams import (
+    DEFAULT_READ_SIZE,
+    ByteSource,
+    LengthMismatch,
+    OrderedThreadCalls,
+    close_source,
+    file_chunks,
+)
+
+log = Logger()
+
+TEMP_DIR = ".tmp"
+MAX_PIECE = 199  # plus the one-character suffix: components are at most 200 bytes
+DEFAULT_WRITE_SIZE = 1024 * 1024
+
+_PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
+_DOT = ord(".")
+_EMPTY = "%"
+_CONTINUED = "+"
+_OBJECT = "="
+
+
+def _encode_segment(segment: bytes) -> list[str]:
+    """The pieces (each at most MAX_PIECE characters) of one encoded key segment."""
+    if not segment:
+        return [_EMPTY]
+    pieces: list[str] = []
+    current: list[str] = []
+    size = 0
+    for byte in segment:
+        token = chr(byte) if byte in _PLAIN and not (byte == _DOT and size == 0) else f"%{byte:02X}"
+        if size + len(token) > MAX_PIECE:
+            pieces.append("".join(current))
+            current, size = [], 0
+            if byte == _DOT:
+                token = "%2E"
+        current.append(token)
+        size += len(token)
+    pieces.append("".join(current))
+    return pieces
+
+
+def _decode_piece(piece: str) -> bytes:
+    """Inverse of one piece's encoding; ValueError if ``piece`` is not one."""
+    if piece == _EMPTY:
+        return b""
+    if not piece or piece.startswith("."):
+        raise ValueError(piece)
+    out = bytearray()
+    i = 0
+    while i < len(piece):
+        char = piece[i]
+        if char == "%":
+            hex_digits = piece[i + 1 : i + 3]
+            if len(hex_digits) != 2 or hex_digits != hex_digits.upper():
+                raise ValueError(piece)
+            out.append(int(hex_digits, 16))
+            i += 3
+        elif ord(char) < 128 and ord(char) in _PLAIN:
+            out.append(ord(char))
+            i += 1
+        else:
+            raise ValueError(piece)
+    return bytes(out)
+
+
+def _directory_parts(segment: bytes) -> list[str]:
+    pieces = _encode_segment(segment)
+    return [p + _CONTINUED for p in pieces[:-1]] + [pieces[-1]]
+
+
+def key_to_parts(key: str) -> list[str]:
+    """The path components, relative to the root, of the file holding ``key``."""
+    segments = key.encode("utf-8", "surrogatepass").split(b"/")
+    parts: list[str] = []
+    for segment in segments[:-1]:
+        parts.extend(_directory_parts(segment))
+    pieces = _encode_segment(segments[-1])
+    parts.extend(p + _CONTINUED for p in pieces[:-1])
+    parts.append(pieces[-1] + _OBJECT)
+    return parts
+
+
+def parts_to_key(parts: Sequence[str]) -> str:
+    """Inverse of ``key_to_parts``; ValueError for paths it never produces."""
+    if not parts or not parts[-1].endswith(_OBJECT):
+        raise ValueError("not an object path")
+    segments: list[bytes] = []
+    current = b""
+    for index, part in enumerate(parts):
+        last = index == len(parts) - 1
+        if part.endswith(_CONTINUED) and not last:
+            current += _decode_piece(part[:-1])
+        elif last:
+            segments.append(current + _decode_piece(part[:-1]))
+        else:
+            segments.append(current + _decode_piece(part))
+            current = b""
+    return b"/".join(segments).decode("utf-8", "surrogatepass")
+
+
+def _sort_key(key: str) -> bytes:
+    return key.encode("utf-8", "surrogatepass")
+
+
+class _BackendErrors:
+    """A ByteSource that reports the file's failures as BackendError."""
+
+    def __init__(self, source: ByteSource, what: str) -> None:
+        self._source = source
+        self._what = what
+
+    def __aiter__(self) -> _BackendErrors:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            return await self._source.__anext__()
+        except (OSError, LengthMismatch) as e:
+            raise BackendError(f"reading {self._what}: {e}") from e
+
+    async def aclose(self) -> None:
+        await self._source.aclose()
+
+
+@implementer(IBackend)
+@define
+class LocalBackend:
+    """Objects as files under ``root``; see the module docstring for the layout.
+
+    ``threadpool`` must be started by the owner (and stopped after the last
+    call); every blocking call runs there.
+    """
+
+    name: str
+    root: Path = field(converter=Path)
+    reactor: IReactorFromThreads
+    threadpool: ThreadPool
+    read_size: int = DEFAULT_READ_SIZE
+    write_size: int = DEFAULT_WRITE_SIZE
+    _namespace_lock: threading.Lock = field(init=False, factory=threading.Lock)
+
+    def path_for(self, key: str) -> Path:
+        """Where ``key`` is (or would be) stored."""
+        return self.root.joinpath(*key_to_parts(key))
+
+    async def put(self, key: str, body: AsyncIterator[bytes], length: int) -> None:
+        if length < 0:
+            raise BackendError("negative length")
+        target = self.path_for(key)
+        calls = OrderedThreadCalls(self.reactor, self.threadpool)
+        try:
+            fd, temp = await calls.call(self._open_temp)
+        except OSError as e:
+            await close_source(body)
+            raise BackendError(f"{self.name}: cannot create a temp file: {e}") from e
+        try:
+            await self._write_all(calls, fd, body, length)
+            try:
+                await calls.call(self._commit, fd, temp, target)
+            except OSError as e:
+                raise BackendError(f"{self.name}: cannot store: {e}") from e
+        except BaseException as failure:
+            await calls.call(self._discard, fd, temp)
+            await close_source(body)
+            if isinstance(failure, LengthMismatch):
+                raise BackendError(f"{self.name}: {failure}") from failure
+            raise
+
+    async def _write_all(
+        self, calls: OrderedThreadCalls, fd: int, body: AsyncIterator[bytes], length: int
+    ) -> None:
+        # One write may run in a thread while the next buffer fills.
+        pulled = 0
+        buffer: list[bytes] = []
+        buffered = 0
+        writing: Deferred[None] | None = None
+        async for chunk in body:
+            if not chunk:
+                continue
+            pulled += len(chunk)
+            if pulled > length:
+                raise LengthMismatch(f"body longer than the declared {length} bytes")
+            buffer.append(chunk)
+            buffered += len(chunk)
+            if buffered >= self.write_size:
+                if writing is not None:
+                    await self._disk(writing)
+                writing = calls.call(_write_fully, fd, b"".join(buffer))
+                buffer, buffered = [], 0
+        if writing is not None:
+            await self._disk(writing)
+        if pulled != length:
+            raise LengthMismatch(f"body ended after {pulled} of {length} bytes")
+        if buffer:
+            await self._disk(calls.call(_write_fully, fd, b"".join(buffer)))
+
+    async def _disk(self, d: Deferred[None]) -> None:
+        try:
+            await d
+        except OSError as e:
+            raise BackendError(f"{self.name}: write failed: {e}") from e
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> BackendRead:
+        if start < 0 or (end is not None and end < start):
+            raise BackendError(f"{self.name}: invalid range {start}-{end}")
+        path = self.path_for(key)
+        calls = OrderedThreadCalls(self.reactor, self.threadpool)
+        try:
+            file, size = await calls.call(_open_for_reading, path)
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+            raise BackendNotFound(key) from e
+        except OSError as e:
+            raise BackendError(f"{self.name}: cannot open: {e}") from e
+        if start == 0 and end is None:
+            length = size
+        elif start >= size:
+            await calls.call(file.close)
+            raise BackendError(f"{self.name}: range {start}-{end} not satisfiable (size {size})")
+        else:
+            last = size - 1 if end is None else min(end, size - 1)
+            length = last - start + 1
+        body = file_chunks(
+            file,
+            start,
+            length,
+            reactor=self.reactor,
+            threadpool=self.threadpool,
+            chunk_size=self.read_size,
+        )
+        return BackendRead(
+            start=start, length=length, total_size=size, body=_BackendErrors(body, self.name)
+        )
+
+    async def head(self, key: str) -> BackendObject | None:
+        path = self.path_for(key)
+        calls = OrderedThreadCalls(self.reactor, self.threadpool)
+        try:
+            size = await calls.call(_file_size, path)
+        except OSError as e:
+            raise BackendError(f"{self.name}: cannot stat: {e}") from e
+        return None if size is None else BackendObject(key=key, size=size)
+
+    async def delete(self, key: str) -> None:
+        path = self.path_for(key)
+        calls = OrderedThreadCalls(self.reactor, self.threadpool)
+        try:
+            await calls.call(self._unlink, path)
+        except OSError as e:
+            raise BackendError(f"{self.name}: cannot delete: {e}") from e
+
+    async def list(self, prefix: str = "") -> AsyncIterator[BackendObject]:
+        calls = OrderedThreadCalls(self.reactor, self.threadpool)
+        try:
+            found = await calls.call(self._scan, prefix)
+        except OSError as e:
+            raise BackendError(f"{self.name}: cannot list: {e}") from e
+        for item in found:
+            yield item
+
+    # Everything below runs in the thread pool.
+
+    def _open_temp(self) -> tuple[int, str]:
+        temp_dir = self.root / TEMP_DIR
+        temp_dir.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=temp_dir, prefix="put-")
+
+    def _commit(self, fd: int, temp: str, target: Path) -> None:
+        os.fsync(fd)
+        os.close(fd)
+        with self._namespace_lock:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(temp, target)
+        _fsync_directory(target.parent)
+
+    def _discard(self, fd: int, temp: str) -> None:
+        with contextlib.suppress(OSError):  # already closed by a failed commit
+            os.close(fd)
+        try:
+            os.unlink(temp)
+        except FileNotFoundError:
+            pass  # renamed into place before the failure, or never created
+        except OSError:
+            log.failure("could not remove temp file {temp}", temp=temp)
+
+    def _unlink(self, path: Path) -> None:
+        with self._namespace_lock:
+            try:
+                os.unlink(path)
+            except (FileNotFoundError, NotADirectoryError):
+                return
+            directory = path.parent
+            while directory != self.root and self.root in directory.parents:
+                try:
+                    directory.rmdir()
+                except OSError:
+                    break  # not empty (or already gone)
+                directory = directory.parent
+
+    def _scan(self, prefix: str) -> builtins.list[BackendObject]:
+        # Walk only the folder that the prefix's complete segments name.
+        prefix_segments = prefix.encode("utf-8", "surrogatepass").split(b"/")[:-1]
+        start_parts: builtins.list[str] = []
+        for segment in prefix_segments:
+            start_parts.extend(_directory_parts(segment))
+        found: builtins.list[BackendObject] = []
+        stack: builtins.list[tuple[Path, builtins.list[str]]] = [
+            (self.root.joinpath(*start_parts), start_parts)
+        ]
+        while stack:
+            directory, parts = stack.pop()
+            try:
+                entries = list(os.scandir(directory))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            for entry in entries:
+                if not parts and entry.name == TEMP_DIR:
+                    continue
+                entry_parts = [*parts, entry.name]
+                try:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((Path(entry.path), entry_parts))
+                        continue
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    key = parts_to_key(entry_parts)
+                    size = entry.stat(follow_symlinks=False).st_size
+                except (ValueError, FileNotFoundError):
+                    continue  # not ours, or deleted while we looked
+                if key.startswith(prefix):
+                    found.append(BackendObject(key=key, size=size))
+        found.sort(key=lambda item: _sort_key(item.key))
+        return found
+
+
+def _write_fully(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+
+
+def _open_for_reading(path: Path) -> tuple[IO[bytes], int]:
+    file = open(path, "rb")  # noqa: SIM115 (handed to file_chunks, which closes it)
+    try:
+        info = os.fstat(file.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise FileNotFoundError(str(path))
+    except BaseException:
+        file.close()
+        raise
+    return file, info.st_size
+
+
+def _file_size(path: Path) -> int | None:
+    try:
+        info = os.stat(path, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

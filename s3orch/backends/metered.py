@@ -1,0 +1,54 @@
+"""An IBackend that counts and times every call it passes on."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
+
+from twisted.internet.interfaces import IReactorTime
+from zope.interface import implementer
+
+from s3orch import metrics
+from s3orch.backends.interface import BackendNotFound, BackendObject, BackendRead, IBackend
+
+T = TypeVar("T")
+
+
+@implementer(IBackend)
+class MeteredBackend:
+    def __init__(self, backend: IBackend, clock: IReactorTime) -> None:
+        self.backend = backend
+        self.name: str = backend.name
+        self.clock = clock
+
+    async def _measure(self, operation: str, call: Awaitable[T]) -> T:
+        started = self.clock.seconds()
+        status = "error"
+        try:
+            result = await call
+            status = "success"
+            return result
+        except BackendNotFound:
+            status = "not_found"
+            raise
+        finally:
+            metrics.backend_requests_total.labels(operation, self.name, status).inc()
+            metrics.backend_duration_seconds.labels(operation, self.name).observe(
+                self.clock.seconds() - started
+            )
+
+    async def put(self, key: str, body: AsyncIterator[bytes], length: int) -> None:
+        await self._measure("put", self.backend.put(key, body, length))
+
+    async def get(self, key: str, start: int = 0, end: int | None = None) -> BackendRead:
+        return await self._measure("get", self.backend.get(key, start, end))
+
+    async def head(self, key: str) -> BackendObject | None:
+        return await self._measure("head", self.backend.head(key))
+
+    async def delete(self, key: str) -> None:
+        await self._measure("delete", self.backend.delete(key))
+
+    def list(self, prefix: str = "") -> AsyncIterator[BackendObject]:
+        metrics.backend_requests_total.labels("list", self.name, "started").inc()
+        return self.backend.list(prefix)

@@ -1,0 +1,878 @@
+"""Configuration: a YAML file in, frozen values out, every problem reported at once.
+
+The file is parsed as YAML first and ``${VAR}`` / ``${VAR:-default}`` are expanded afterwards,
+in string values only, so a value holding ``#``, ``:`` or a newline can never change the shape
+of the document around it. ``$$`` is a literal ``$``; a ``$`` not followed by ``{`` or ``$`` is
+kept as it is. A number or boolean field may be written as a ``${VAR}`` reference: the expanded
+text is then read strictly (``5432``, ``true``), whereas a quoted literal stays a type error.
+
+Relative paths (``database.path``, a local backend's ``path``) are kept exactly as written and
+are therefore relative to the working directory of the process (``WorkingDirectory=`` under
+systemd), not to the directory of the configuration file.
+
+Secrets (``secret_access_key``, ``token``, ``password``) are never quoted in an error and are
+left out of the ``repr()`` of every value below.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Collection, Mapping
+from decimal import Decimal, InvalidOperation
+from typing import Any, Final
+from urllib.parse import urlsplit
+
+import attrs
+import yaml
+from attrs import field, frozen
+
+KiB: Final = 1024
+MiB: Final = 1024**2
+GiB: Final = 1024**3
+
+DEFAULT_CONFIG_PATH: Final = "conf/s3orch.yaml"
+
+ROUTING_STRATEGIES: Final = ("pack", "spread")
+DATABASE_DRIVERS: Final = ("sqlite", "postgres")
+BACKEND_TYPES: Final = ("s3", "local")
+# twisted.logger.LogLevel names.
+LOG_LEVELS: Final = ("debug", "info", "warn", "error", "critical")
+# libpq's sslmode values.
+SSL_MODES: Final = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# Bucket names that would shadow our own endpoints on the main listener.
+RESERVED_BUCKET_NAMES: Final = frozenset({"health", "metrics", "admin"})
+
+
+class ConfigError(Exception):
+    """The configuration cannot be used; ``errors`` holds every problem found, one per entry.
+
+    Each entry starts with the path of the field it is about, e.g. ``backends[1].quota_bytes:``.
+    """
+
+    def __init__(self, errors: list[str]) -> None:
+        super().__init__(errors)
+        self.errors = list(errors)
+
+    def __str__(self) -> str:
+        count = len(self.errors)
+        noun = "problem" if count == 1 else "problems"
+        return f"invalid configuration ({count} {noun}):\n" + "\n".join(
+            f"  {e}" for e in self.errors
+        )
+
+
+# -- values ---------------------------------------------------------------------------------
+
+
+@frozen
+class ServerConfig:
+    listen: str = "127.0.0.1:9000"
+    max_object_size: int = 5 * GiB
+    log_level: str = "info"
+
+    @property
+    def listen_host(self) -> str:
+        """The interface address, without IPv6 brackets."""
+        return split_listen(self.listen)[0]
+
+    @property
+    def listen_port(self) -> int:
+        return split_listen(self.listen)[1]
+
+    @property
+    def listen_endpoint(self) -> str:
+        r"""The strports description for ``strports.service``: ``tcp:9000:interface=127.0.0.1``,
+        or ``tcp6:9000:interface=\:\:1`` with an IPv6 address's colons escaped for strports."""
+        host, port = split_listen(self.listen)
+        kind = "tcp6" if ipaddress.ip_address(host).version == 6 else "tcp"
+        return f"{kind}:{port}:interface={_strports_quote(host)}"
+
+
+@frozen
+class Credential:
+    """Either a SigV4 key pair (``access_key_id`` + ``secret_access_key``) or a ``token``."""
+
+    access_key_id: str | None = None
+    secret_access_key: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
+
+
+@frozen
+class BucketConfig:
+    name: str
+    credentials: tuple[Credential, ...]
+
+
+@frozen
+class DatabaseConfig:
+    driver: str = "sqlite"
+    path: str = "var/s3orch.db"
+    host: str = "127.0.0.1"
+    port: int = 5432
+    database: str = ""
+    user: str = ""
+    password: str = field(default="", repr=False)
+    sslmode: str = "prefer"
+
+    def postgres_conninfo(self) -> str:
+        """A libpq/psycopg conninfo string with every value quoted.
+
+        Empty ``user`` and ``password`` are left out so libpq applies its own defaults
+        (the OS user name, ``~/.pgpass``, ``PGPASSWORD``).
+        """
+        pairs = [("host", self.host), ("port", str(self.port)), ("dbname", self.database)]
+        if self.user:
+            pairs.append(("user", self.user))
+        if self.password:
+            pairs.append(("password", self.password))
+        pairs.append(("sslmode", self.sslmode))
+        return " ".join(f"{key}={_conninfo_quote(value)}" for key, value in pairs)
+
+
+@frozen
+class BackendConfig:
+    name: str
+    type: str
+    quota_bytes: int = 0
+    path: str = ""
+    endpoint: str = ""
+    region: str = "us-east-1"
+    bucket: str = ""
+    access_key_id: str = ""
+    secret_access_key: str = field(default="", repr=False)
+    force_path_style: bool = True
+
+
+@frozen
+class AdminConfig:
+    token: str = field(default="", repr=False)
+
+    @property
+    def enabled(self) -> bool:
+        """The admin API is served only when a token is configured."""
+        return bool(self.token)
+
+
+@frozen(kw_only=True)
+class Config:
+    server: ServerConfig = field(factory=ServerConfig)
+    buckets: tuple[BucketConfig, ...]
+    database: DatabaseConfig = field(factory=DatabaseConfig)
+    backends: tuple[BackendConfig, ...]
+    routing_strategy: str = "pack"
+    admin: AdminConfig = field(factory=AdminConfig)
+
+
+# -- public entry points -------------------------------------------------------------------
+
+
+def load_config(path: str | os.PathLike[str], environ: Mapping[str, str] | None = None) -> Config:
+    """Read, expand and validate the file at ``path``; ``environ`` defaults to ``os.environ``."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as e:
+        raise ConfigError([f"{os.fspath(path)}: cannot read: {e.strerror or e}"]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([f"{os.fspath(path)}: not UTF-8 text"]) from None
+    return parse_config(text, os.environ if environ is None else environ)
+
+
+def parse_config(text: str, environ: Mapping[str, str]) -> Config:
+    """Validate a YAML document; raise ConfigError listing all problems at once."""
+    problems = _Problems()
+    tree = _load_yaml(text, problems)
+    if tree is None:
+        tree = {}
+    if not isinstance(tree, dict):
+        problems.add("(top level)", "must be a mapping of sections (server, buckets, backends…)")
+        raise ConfigError(problems.messages)
+    root = _Section(tree, "", problems, environ, _field_names(Config))
+    # Read in the order a config file is usually written, so the errors follow the file.
+    server = _read_server(root.mapping("server", _field_names(ServerConfig)))
+    database = _read_database(root.mapping("database", _field_names(DatabaseConfig)))
+    backends = _read_backends(root)
+    routing_strategy = root.choice("routing_strategy", ROUTING_STRATEGIES, default="pack")
+    buckets = _read_buckets(root)
+    admin = _read_admin(root.mapping("admin", _field_names(AdminConfig)))
+    config = Config(
+        server=server,
+        buckets=buckets,
+        database=database,
+        backends=backends,
+        routing_strategy=routing_strategy or "pack",
+        admin=admin,
+    )
+    if problems.messages:
+        raise ConfigError(problems.messages)
+    return config
+
+
+# -- sizes and addresses --------------------------------------------------------------------
+
+_SIZE_UNITS: Final = {
+    "": 1,
+    "B": 1,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
+    "PB": 1000**5,
+    "KIB": KiB,
+    "MIB": MiB,
+    "GIB": GiB,
+    "TIB": 1024**4,
+    "PIB": 1024**5,
+}
+_SIZE_RE: Final = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([A-Za-z]*)\s*")
+
+
+def parse_size(value: object) -> int:
+    """Bytes from an int or a string like ``"500"``, ``"10KB"`` (10**3) or ``"10KiB"`` (2**10).
+
+    Raises ValueError for anything else, including a negative number, a bool, or a fraction
+    that is not a whole number of bytes.
+    """
+    if isinstance(value, bool):
+        raise ValueError("a bool is not a size")
+    if isinstance(value, int):
+        if value < 0:
+            raise ValueError("negative size")
+        return value
+    if not isinstance(value, str):
+        raise ValueError("not a size")
+    match = _SIZE_RE.fullmatch(value)
+    if match is None:
+        raise ValueError("not a size")
+    number, unit = match.groups()
+    multiplier = _SIZE_UNITS.get(unit.upper())
+    if multiplier is None:
+        raise ValueError("unknown unit")
+    try:
+        amount = Decimal(number) * multiplier
+    except InvalidOperation:
+        raise ValueError("not a size") from None
+    if amount != amount.to_integral_value():
+        raise ValueError("not a whole number of bytes")
+    return int(amount)
+
+
+def format_size(size: int) -> str:
+    """Bytes in binary units for people: ``1 GiB``, ``1.5 MiB``, ``512 B``."""
+    for unit, scale in (("PiB", 1024**5), ("TiB", 1024**4), ("GiB", GiB), ("MiB", MiB)):
+        if size >= scale:
+            return f"{_trim(size / scale)} {unit}"
+    if size >= KiB:
+        return f"{_trim(size / KiB)} KiB"
+    return f"{size} B"
+
+
+def _trim(number: float) -> str:
+    return f"{number:.2f}".rstrip("0").rstrip(".")
+
+
+def split_listen(listen: str) -> tuple[str, int]:
+    """``"127.0.0.1:9000"`` or ``"[::1]:9000"`` -> (address, port); ValueError otherwise."""
+    if listen.startswith("["):
+        close = listen.find("]")
+        if close < 0 or listen[close + 1 : close + 2] != ":":
+            raise ValueError("must be [IPv6]:port, e.g. [::1]:9000")
+        host, port_text = listen[1:close], listen[close + 2 :]
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError("the address in brackets must be an IPv6 address") from None
+        if address.version != 6:
+            raise ValueError("only an IPv6 address goes in brackets, e.g. [::1]:9000")
+    else:
+        host, sep, port_text = listen.rpartition(":")
+        if not sep or not host:
+            raise ValueError("must be host:port, e.g. 127.0.0.1:9000, 0.0.0.0:9000 or [::1]:9000")
+        if ":" in host:
+            raise ValueError("an IPv6 address must be in brackets, e.g. [::1]:9000")
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(
+                "the host must be an IP address, e.g. 127.0.0.1, 0.0.0.0 or [::1]"
+            ) from None
+    if not port_text.isascii() or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError("the port must be a number from 1 to 65535")
+    return host, int(port_text)
+
+
+def _strports_quote(value: str) -> str:
+    # Same escaping as twisted.internet.endpoints.quoteStringArgument, which is untyped.
+    return value.replace("\\", "\\\\").replace(":", "\\:")
+
+
+def _conninfo_quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# -- YAML -----------------------------------------------------------------------------------
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that notes duplicate keys, which plain YAML loading silently collapses."""
+
+    duplicate_keys: list[tuple[int, str]]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[tuple[str, str]] = set()
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                ident = (key_node.tag, key_node.value)
+                if ident in seen:
+                    self.duplicate_keys.append((key_node.start_mark.line + 1, key_node.value))
+                seen.add(ident)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str, problems: _Problems) -> object:
+    loader = _StrictLoader(text)
+    loader.duplicate_keys = []
+    try:
+        tree: object = loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        # Never str(e): it quotes the offending line, which may hold a secret.
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "YAML"
+        detail = e.problem or "invalid YAML"
+        if e.context:
+            detail = f"{detail} ({e.context})"
+        raise ConfigError([f"{where}: invalid YAML: {detail}"]) from None
+    except yaml.YAMLError:
+        raise ConfigError(["invalid YAML"]) from None
+    finally:
+        loader.dispose()
+    for line, key in loader.duplicate_keys:
+        problems.add(f"line {line}", f"duplicate key {key!r} (the later value would win)")
+    return tree
+
+
+# -- ${VAR} expansion -----------------------------------------------------------------------
+
+
+class _Expanded(str):
+    """A string that came out of a ``${VAR}`` reference, so it may stand for a number or bool."""
+
+
+_REFERENCE_RE: Final = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)(?::-((?:[^$]|\$\$)*))?")
+
+
+def _expand(text: str, environ: Mapping[str, str]) -> tuple[str, list[str]]:
+    """Expand one string value; returns the result and problems (which never quote ``text``)."""
+    problems: list[str] = []
+    out: list[str] = []
+    expanded = False
+    i = 0
+    while i < len(text):
+        dollar = text.find("$", i)
+        if dollar < 0:
+            out.append(text[i:])
+            break
+        out.append(text[i:dollar])
+        following = text[dollar + 1 : dollar + 2]
+        if following == "$":
+            out.append("$")
+            i = dollar + 2
+            continue
+        if following != "{":
+            out.append("$")
+            i = dollar + 1
+            continue
+        close = text.find("}", dollar + 2)
+        if close < 0:
+            problems.append("unterminated '${' (write '$$' for a literal '$')")
+            break
+        match = _REFERENCE_RE.fullmatch(text, dollar + 2, close)
+        i = close + 1
+        if match is None:
+            problems.append(
+                "invalid reference: use ${NAME} or ${NAME:-default} (write '$$' for a literal '$')"
+            )
+            continue
+        name, default = match.group(1), match.group(2)
+        value = environ.get(name)
+        if default is not None and not value:
+            value = default.replace("$$", "$")
+        if value is None:
+            problems.append(f"environment variable {name} is not set")
+            continue
+        out.append(value)
+        expanded = True
+    result = "".join(out)
+    return (_Expanded(result) if expanded else result), problems
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def add(self, where: str, message: str) -> None:
+        self.messages.append(f"{where}: {message}")
+
+
+def _field_names(cls: type) -> tuple[str, ...]:
+    return tuple(a.name for a in attrs.fields(cls))
+
+
+def _suggest(word: str, choices: Collection[str]) -> str:
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+class _Section:
+    """One YAML mapping being read. Readers record problems and return None, never raise,
+    so that one pass finds everything; None also means "absent and no default"."""
+
+    def __init__(
+        self,
+        node: Mapping[Any, Any],
+        path: str,
+        problems: _Problems,
+        environ: Mapping[str, str],
+        known: Collection[str],
+    ) -> None:
+        self.node = node
+        self.path = path
+        self.problems = problems
+        self.environ = environ
+        for key in node:
+            if key not in known:
+                shown = key if isinstance(key, str) else repr(key)
+                suggestion = _suggest(key, known) if isinstance(key, str) else ""
+                self.problems.add(self.where(shown), f"unknown key{suggestion}")
+
+    def where(self, key: str) -> str:
+        return f"{self.path}.{key}" if self.path else key
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.add(self.where(key), message)
+
+    def has(self, key: str) -> bool:
+        return self.node.get(key) is not None
+
+    def value(self, key: str) -> object:
+        """The value with ``${VAR}`` expanded; None when absent or null."""
+        value = self.node.get(key)
+        if isinstance(value, str):
+            value, problems = _expand(value, self.environ)
+            for message in problems:
+                self.problem(key, message)
+            if problems:
+                return None
+        return value
+
+    def string(self, key: str, default: str | None = None, *, required: bool = False) -> str | None:
+        if not self.has(key):
+            if required:
+                self.problem(key, "required")
+            return default
+        value = self.value(key)
+        if value is None:
+            return None
+        if not isinstance(value, str):
+            self.problem(key, "must be a string (quote the value in YAML)")
+            return None
+        return str(value)
+
+    def integer(self, key: str, default: int, low: int, high: int) -> int | None:
+        if not self.has(key):
+            return default
+        value = self.value(key)
+        if value is None:
+            return None
+        if isinstance(value, _Expanded) and value.isascii() and value.isdigit():
+            value = int(value)
+        if isinstance(value, bool) or not isinstance(value, int):
+            self.problem(key, "must be an integer")
+            return None
+        if not low <= value <= high:
+            self.problem(key, f"must be from {low} to {high}")
+            return None
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool | None:
+        if not self.has(key):
+            return default
+        value = self.value(key)
+        if value is None:
+            return None
+        if isinstance(value, _Expanded) and value.lower() in ("true", "false"):
+            value = value.lower() == "true"
+        if not isinstance(value, bool):
+            self.problem(key, "must be true or false")
+            return None
+        return value
+
+    def size(self, key: str, default: int) -> int | None:
+        if not self.has(key):
+            return default
+        value = self.value(key)
+        if value is None:
+            return None
+        try:
+            return parse_size(value)
+        except ValueError:
+            self.problem(key, "must be a non-negative integer or size like '10GiB'")
+            return None
+
+    def choice(self, key: str, choices: Collection[str], default: str) -> str | None:
+        if not self.has(key):
+            return default
+        value = self.value(key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or value not in choices:
+            suggestion = _suggest(value, choices) if isinstance(value, str) else ""
+            self.problem(key, f"must be one of {', '.join(choices)}{suggestion}")
+            return None
+        return str(value)
+
+    def mapping(self, key: str, known: Collection[str]) -> _Section | None:
+        """The nested section; an empty one when absent, None when it is not a mapping."""
+        value = self.node.get(key)
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            self.problem(key, "must be a mapping")
+            return None
+        return _Section(value, self.where(key), self.problems, self.environ, known)
+
+    def sequence(self, key: str, what: str) -> list[object]:
+        """The list under ``key``; reports it when absent, empty or not a list."""
+        value = self.node.get(key)
+        if value is None or value == []:
+            self.problem(key, f"at least one {what} is required")
+            return []
+        if not isinstance(value, list):
+            self.problem(key, f"must be a list of {what}s")
+            return []
+        return value
+
+    def items(self, key: str, what: str, known: Collection[str]) -> list[_Section | None]:
+        """One section per list entry (None for an entry that is not a mapping)."""
+        sections: list[_Section | None] = []
+        for index, entry in enumerate(self.sequence(key, what)):
+            path = f"{self.where(key)}[{index}]"
+            if isinstance(entry, dict):
+                sections.append(_Section(entry, path, self.problems, self.environ, known))
+            else:
+                self.problems.add(path, f"each {what} must be a mapping")
+                sections.append(None)
+        return sections
+
+
+# -- sections -------------------------------------------------------------------------------
+
+
+def _read_server(section: _Section | None) -> ServerConfig:
+    default = ServerConfig()
+    if section is None:
+        return default
+    listen = section.string("listen", default.listen)
+    if listen is not None:
+        try:
+            split_listen(listen)
+        except ValueError as e:
+            section.problem("listen", f"{listen!r}: {e}")
+    max_object_size = section.size("max_object_size", default.max_object_size)
+    if max_object_size == 0:
+        section.problem("max_object_size", "must be greater than 0")
+    log_level = section.choice("log_level", LOG_LEVELS, default.log_level)
+    return ServerConfig(
+        listen=listen or default.listen,
+        max_object_size=max_object_size or default.max_object_size,
+        log_level=log_level or default.log_level,
+    )
+
+
+_BUCKET_NAME_RE: Final = re.compile(r"[a-z0-9][a-z0-9.-]*[a-z0-9]")
+_IPV4_LIKE_RE: Final = re.compile(r"[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+")
+
+
+def _bucket_name_problem(name: str) -> str | None:
+    if not 3 <= len(name) <= 63:
+        return "must be 3 to 63 characters long"
+    if not _BUCKET_NAME_RE.fullmatch(name):
+        return (
+            "may hold only lowercase letters, digits, dots and hyphens, "
+            "and must start and end with a letter or digit"
+        )
+    if ".." in name:
+        return "must not contain two dots in a row"
+    if _IPV4_LIKE_RE.fullmatch(name):
+        return "must not look like an IP address"
+    if name in RESERVED_BUCKET_NAMES:
+        return f"is reserved for s3orch's own /{name} endpoint"
+    return None
+
+
+# Letters, digits and URI-unreserved marks: safe inside a SigV4 Credential= field and a
+# presigned URL, and unambiguous in logs.
+_ACCESS_KEY_ID_RE: Final = re.compile(r"[A-Za-z0-9._~-]{1,128}")
+_WHITESPACE_OR_CONTROL_RE: Final = re.compile(r"[\s\x00-\x1f\x7f]")
+
+
+def _read_buckets(root: _Section) -> tuple[BucketConfig, ...]:
+    buckets: list[BucketConfig] = []
+    names: dict[str, str] = {}
+    access_keys: dict[str, str] = {}
+    tokens: dict[str, str] = {}
+    for section in root.items("buckets", "bucket", _field_names(BucketConfig)):
+        if section is None:
+            continue
+        name = section.string("name", required=True)
+        if name is not None:
+            problem = _bucket_name_problem(name)
+            if problem:
+                section.problem("name", f"{name!r} {problem}")
+            elif name in names:
+                section.problem("name", f"{name!r} is already used by {names[name]}")
+            else:
+                names[name] = section.where("name")
+        credentials = []
+        for credential in section.items("credentials", "credential", _field_names(Credential)):
+            if credential is not None:
+                credentials.append(_read_credential(credential, access_keys, tokens))
+        buckets.append(BucketConfig(name=name or "", credentials=tuple(credentials)))
+    return tuple(buckets)
+
+
+def _read_credential(
+    section: _Section, access_keys: dict[str, str], tokens: dict[str, str]
+) -> Credential:
+    access_key_id = section.string("access_key_id")
+    secret = section.string("secret_access_key")
+    token = section.string("token")
+    has_pair = section.has("access_key_id") or section.has("secret_access_key")
+    if has_pair and section.has("token"):
+        section.problems.add(
+            section.path, "give either access_key_id + secret_access_key or token, not both"
+        )
+    elif not has_pair and not section.has("token"):
+        section.problems.add(section.path, "needs access_key_id + secret_access_key, or token")
+    elif has_pair:
+        if not section.has("access_key_id"):
+            section.problem("access_key_id", "required with secret_access_key")
+        if not section.has("secret_access_key"):
+            section.problem("secret_access_key", "required with access_key_id")
+
+    if access_key_id is not None:
+        if not _ACCESS_KEY_ID_RE.fullmatch(access_key_id):
+            section.problem(
+                "access_key_id",
+                "must be 1 to 128 letters, digits or '.', '_', '~', '-'",
+            )
+        elif access_key_id in access_keys:
+            section.problem(
+                "access_key_id",
+                f"{access_key_id!r} is already used by {access_keys[access_key_id]}",
+            )
+        else:
+            access_keys[access_key_id] = section.path
+    if secret is not None:
+        _check_secret(section, "secret_access_key", secret)
+    if token is not None and _check_secret(section, "token", token):
+        if token in tokens:
+            section.problem("token", f"the same token is already used by {tokens[token]}")
+        else:
+            tokens[token] = section.path
+    return Credential(access_key_id=access_key_id, secret_access_key=secret, token=token)
+
+
+def _check_secret(section: _Section, key: str, secret: str) -> bool:
+    """Checks that never quote the secret itself; True if it is usable."""
+    if not secret:
+        section.problem(key, "must not be empty")
+        return False
+    if _WHITESPACE_OR_CONTROL_RE.search(secret):
+        section.problem(key, "must not contain whitespace or control characters")
+        return False
+    return True
+
+
+_POSTGRES_ONLY: Final = ("host", "port", "database", "user", "password", "sslmode")
+_SQLITE_ONLY: Final = ("path",)
+
+
+def _read_database(section: _Section | None) -> DatabaseConfig:
+    default = DatabaseConfig()
+    if section is None:
+        return default
+    driver = section.choice("driver", DATABASE_DRIVERS, default.driver)
+    # With an unknown driver, read everything so that all other problems still show.
+    path = host = user = password = database = sslmode = None
+    port = None
+    if driver == "sqlite":
+        _reject_keys(section, _POSTGRES_ONLY, "not used with driver sqlite")
+    else:
+        host = section.string("host", default.host)
+        if host == "":
+            section.problem("host", "must not be empty")
+        port = section.integer("port", default.port, 1, 65535)
+        database = section.string("database", "")
+        if driver == "postgres" and database == "":
+            section.problem("database", "required with driver postgres")
+        user = section.string("user", default.user)
+        password = section.string("password", default.password)
+        sslmode = section.choice("sslmode", SSL_MODES, default.sslmode)
+    if driver == "postgres":
+        _reject_keys(section, _SQLITE_ONLY, "not used with driver postgres")
+    else:
+        path = section.string("path", default.path)
+        if path == "":
+            section.problem("path", "must not be empty")
+    return DatabaseConfig(
+        driver=driver or default.driver,
+        path=path or default.path,
+        host=host or default.host,
+        port=port or default.port,
+        database=database or "",
+        user=user or "",
+        password=password or "",
+        sslmode=sslmode or default.sslmode,
+    )
+
+
+_BACKEND_NAME_RE: Final = re.compile(r"[A-Za-z0-9_.-]+")
+_S3_ONLY: Final = (
+    "endpoint",
+    "region",
+    "bucket",
+    "access_key_id",
+    "secret_access_key",
+    "force_path_style",
+)
+_LOCAL_ONLY: Final = ("path",)
+
+
+def _read_backends(root: _Section) -> tuple[BackendConfig, ...]:
+    backends: list[BackendConfig] = []
+    names: dict[str, str] = {}
+    local_paths: dict[str, str] = {}
+    s3_targets: dict[tuple[str, str], str] = {}
+    for section in root.items("backends", "backend", _field_names(BackendConfig)):
+        if section is None:
+            continue
+        name = section.string("name", required=True)
+        if name is not None:
+            if not _BACKEND_NAME_RE.fullmatch(name):
+                section.problem("name", f"{name!r} may hold only letters, digits and '_', '.', '-'")
+            elif name in names:
+                section.problem("name", f"{name!r} is already used by {names[name]}")
+            else:
+                names[name] = section.where("name")
+        kind = section.string("type", required=True)
+        if kind is not None and kind not in BACKEND_TYPES:
+            section.problem(
+                "type", f"must be one of {', '.join(BACKEND_TYPES)}{_suggest(kind, BACKEND_TYPES)}"
+            )
+            kind = None
+        quota = section.size("quota_bytes", 0)
+        if kind == "local":
+            backend = _read_local_backend(section, name or "", quota or 0, local_paths)
+        elif kind == "s3":
+            backend = _read_s3_backend(section, name or "", quota or 0, s3_targets)
+        else:
+            backend = BackendConfig(name=name or "", type=kind or "", quota_bytes=quota or 0)
+        backends.append(backend)
+    return tuple(backends)
+
+
+def _reject_keys(section: _Section, keys: Collection[str], message: str) -> None:
+    """Fields that belong to another driver or backend type usually mean a wrong type."""
+    for key in keys:
+        if key in section.node:
+            section.problem(key, message)
+
+
+def _read_local_backend(
+    section: _Section, name: str, quota: int, seen: dict[str, str]
+) -> BackendConfig:
+    _reject_keys(section, _S3_ONLY, "not used by type local backends")
+    path = section.string("path", required=True)
+    if path == "":
+        section.problem("path", "must not be empty")
+    elif path is not None:
+        normalized = os.path.normpath(path)
+        if normalized in seen:
+            section.problem("path", f"same directory as {seen[normalized]}")
+        else:
+            seen[normalized] = section.path
+    return BackendConfig(name=name, type="local", quota_bytes=quota, path=path or "")
+
+
+def _read_s3_backend(
+    section: _Section, name: str, quota: int, seen: dict[tuple[str, str], str]
+) -> BackendConfig:
+    _reject_keys(section, _LOCAL_ONLY, "not used by type s3 backends")
+    default = BackendConfig(name=name, type="s3")
+    endpoint = section.string("endpoint", required=True)
+    if endpoint is not None:
+        problem = _endpoint_problem(endpoint)
+        if problem:
+            section.problem("endpoint", problem)
+    region = section.string("region", default.region)
+    if region is not None and (not region or _WHITESPACE_OR_CONTROL_RE.search(region)):
+        section.problem("region", "must be a non-empty word, e.g. us-east-1")
+    bucket = section.string("bucket", required=True)
+    if bucket is not None and (not bucket or "/" in bucket):
+        section.problem("bucket", "must be a non-empty bucket name without '/'")
+    if endpoint and bucket:
+        target = (endpoint.rstrip("/").lower(), bucket)
+        if target in seen:
+            section.problem("bucket", f"same endpoint and bucket as {seen[target]}")
+        else:
+            seen[target] = section.path
+    access_key_id = section.string("access_key_id", required=True)
+    if access_key_id == "":
+        section.problem("access_key_id", "must not be empty")
+    secret = section.string("secret_access_key", required=True)
+    if secret is not None:
+        _check_secret(section, "secret_access_key", secret)
+    force_path_style = section.boolean("force_path_style", default.force_path_style)
+    return BackendConfig(
+        name=name,
+        type="s3",
+        quota_bytes=quota,
+        endpoint=endpoint or "",
+        region=region or default.region,
+        bucket=bucket or "",
+        access_key_id=access_key_id or "",
+        secret_access_key=secret or "",
+        force_path_style=default.force_path_style if force_path_style is None else force_path_style,
+    )
+
+
+def _endpoint_problem(endpoint: str) -> str | None:
+    """Why ``endpoint`` is not a usable http(s) URL. Never quotes it: it might carry userinfo."""
+    try:
+        url = urlsplit(endpoint)
+        url.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return "must be an http:// or https:// URL"
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return "must be an http:// or https:// URL, e.g. https://s3.us-east-1.amazonaws.com"
+    if url.username is not None or url.password is not None:
+        return "must not contain credentials; use access_key_id and secret_access_key"
+    if url.query or url.fragment:
+        return "must not have a query or fragment"
+    return None
+
+
+def _read_admin(section: _Section | None) -> AdminConfig:
+    if section is None:
+        return AdminConfig()
+    token = section.string("token", "")
+    if token:
+        _check_secret(section, "token", token)
+    return AdminConfig(token=token or "")

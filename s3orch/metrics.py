@@ -1,0 +1,62 @@
+"""Every Prometheus metric s3orch exports, in one place (prefix ``s3o_``).
+
+Names follow the system s3orch replaces so existing dashboards keep working.
+Metrics live in their own registry so several servers can run in one test
+process without colliding.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+requests_total = Counter(
+    "s3o_requests_total",
+    "S3 requests served, by method and HTTP status.",
+    ["method", "status_code"],
+    registry=REGISTRY,
+)
+request_duration_seconds = Histogram(
+    "s3o_request_duration_seconds",
+    "Time from request received to response finished.",
+    ["method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+backend_requests_total = Counter(
+    "s3o_backend_requests_total",
+    "Calls made to storage backends, by operation, backend and outcome.",
+    ["operation", "backend", "status"],
+    registry=REGISTRY,
+)
+backend_duration_seconds = Histogram(
+    "s3o_backend_duration_seconds",
+    "Time to open a backend call (a body may keep streaming afterwards).",
+    ["operation", "backend"],
+    registry=REGISTRY,
+)
+quota_bytes_used = Gauge(
+    "s3o_quota_bytes_used", "Bytes of committed copies per backend.", ["backend"], registry=REGISTRY
+)
+quota_bytes_limit = Gauge(
+    "s3o_quota_bytes_limit",
+    "Configured quota per backend (0 = unlimited).",
+    ["backend"],
+    registry=REGISTRY,
+)
+quota_bytes_pending = Gauge(
+    "s3o_quota_bytes_pending",
+    "Bytes in flight or awaiting deletion per backend (counted against the quota).",
+    ["backend"],
+    registry=REGISTRY,
+)
+objects_count = Gauge(
+    "s3o_objects_count", "Stored copies per backend.", ["backend"], registry=REGISTRY
+)
+cleanup_deletions_total = Counter(
+    "s3o_cleanup_deletions_total",
+    "Deletions of displaced or abandoned copies, by outcome.",
+    ["status"],
+    registry=REGISTRY,
+)

@@ -1,0 +1,231 @@
+"""The orchestration core: where objects go, where they are, and keeping the two in step.
+
+HTTP-free: the S3 layer calls it with keys, streams and sizes. Every write goes
+to a fresh storage key, so concurrent writers never share backend bytes; the
+metadata commit decides which version is current, and displaced copies are
+deleted (or queued for deletion) so the backends always match the database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+
+from attrs import define, field
+from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
+
+from s3orch import metrics
+from s3orch.backends.interface import BackendError, BackendNotFound, BackendRead, IBackend
+from s3orch.objects import routing
+from s3orch.objects.errors import (
+    BadDigest,
+    IncompleteBody,
+    InsufficientStorage,
+    NoSuchObject,
+    Unavailable,
+)
+from s3orch.objects.listing import ListPage, list_page
+from s3orch.store.objects import MetadataStore
+from s3orch.store.records import BackendUsage, NoSpace, ObjectVersion, PendingDeletion, StoredCopy
+
+log = Logger()
+
+
+def new_storage_key() -> str:
+    """A backend key no other write will ever use; it reveals nothing of the client's key."""
+    return "o/" + uuid.uuid4().hex
+
+
+@define
+class Orchestrator:
+    store: MetadataStore
+    backends: Mapping[str, IBackend]  # in configured order
+    strategy: str
+    clock: IReactorTime
+    storage_key: Callable[[], str] = field(default=new_storage_key)
+
+    async def usage(self) -> list[BackendUsage]:
+        """Current counters of every configured backend, also published as gauges."""
+        rows = await self.store.usage()
+        for row in rows:
+            metrics.quota_bytes_used.labels(row.backend).set(row.bytes_used)
+            metrics.quota_bytes_limit.labels(row.backend).set(row.bytes_limit)
+            metrics.quota_bytes_pending.labels(row.backend).set(row.bytes_pending)
+            metrics.objects_count.labels(row.backend).set(row.object_count)
+        return rows
+
+    async def reserve(self, size: int) -> StoredCopy:
+        """Claim room for ``size`` bytes on the best backend that has it."""
+        storage_key = self.storage_key()
+        order = list(self.backends)
+        for backend in routing.candidates(order, await self.usage(), self.strategy, size):
+            try:
+                await self.store.reserve(backend, storage_key, size, self.clock.seconds())
+            except NoSpace:
+                continue
+            return StoredCopy(backend, storage_key, size)
+        raise InsufficientStorage(f"no backend has room for {size} bytes")
+
+    async def put(
+        self,
+        bucket: str,
+        key: str,
+        body: AsyncIterator[bytes],
+        size: int,
+        content_type: str,
+        metadata: Mapping[str, str],
+        headers: Mapping[str, str],
+        content_md5: bytes | None = None,
+    ) -> ObjectVersion:
+        """Store a new current version of ``bucket/key``; return it once committed.
+
+        Raises InsufficientStorage before reading any byte if nothing has room,
+        BadDigest or IncompleteBody if the body is wrong (nothing is stored).
+        """
+        copy = await self.reserve(size)
+        digest = _Digest(size, content_md5)
+        try:
+            await self.backends[copy.backend].put(copy.storage_key, digest.pass_through(body), size)
+            version = ObjectVersion(
+                bucket=bucket,
+                key=key,
+                version_id=uuid.uuid4().hex,
+                size=size,
+                etag=digest.etag,
+                content_type=content_type,
+                created_at=self.clock.seconds(),
+                metadata=dict(metadata),
+                headers=dict(headers),
+                copies=(copy,),
+            )
+            displaced = await self.store.commit(version, self.clock.seconds())
+        except BaseException:
+            await self._abandon(copy)
+            raise
+        await self.remove(displaced)
+        return version
+
+    async def head(self, bucket: str, key: str) -> ObjectVersion:
+        """The current version of ``bucket/key``, or NoSuchObject."""
+        version = await self.store.get(bucket, key)
+        if version is None:
+            raise NoSuchObject(key)
+        return version
+
+    async def open(self, version: ObjectVersion, start: int = 0, end: int | None = None) -> BackendRead:
+        """Open bytes ``start..end`` (inclusive) of ``version`` from the first copy that answers."""
+        failures: list[str] = []
+        for copy in version.copies:
+            try:
+                return await self.backends[copy.backend].get(copy.storage_key, start, end)
+            except KeyError:
+                failures.append(f"{copy.backend}: not configured")
+            except BackendNotFound:
+                failures.append(f"{copy.backend}: missing")
+            except BackendError as e:
+                failures.append(f"{copy.backend}: {e}")
+        log.error(
+            "no readable copy of {bucket}/{key}: {failures}",
+            bucket=version.bucket,
+            key=version.key,
+            failures="; ".join(failures),
+        )
+        raise Unavailable(version.key)
+
+    async def delete(self, bucket: str, key: str) -> None:
+        """Remove ``bucket/key`` if it exists (deleting a missing key succeeds)."""
+        await self.remove(await self.store.delete(bucket, key, self.clock.seconds()))
+
+    async def list(
+        self, bucket: str, prefix: str, delimiter: str, start_after: str, max_keys: int
+    ) -> ListPage:
+        """One page of ``bucket``'s keys, rolled up at ``delimiter``."""
+
+        async def fetch(after: str, limit: int) -> list[ObjectVersion]:
+            return await self.store.list(bucket, prefix, after, limit)
+
+        return await list_page(fetch, prefix, delimiter, start_after, max_keys)
+
+    async def remove(self, deletions: Sequence[PendingDeletion]) -> None:
+        """Delete copies no version refers to; failures stay queued for the cleanup loop."""
+        for pending in deletions:
+            await self._delete_pending(pending.backend, pending.storage_key)
+
+    async def run_cleanup(self, upload_timeout: float, batch: int = 100) -> int:
+        """Retry queued deletions and reclaim uploads abandoned by a crash; returns deletions done."""
+        now = self.clock.seconds()
+        expired = await self.store.expire_uploads(now - upload_timeout)
+        if expired:
+            log.warn("reclaiming {count} abandoned uploads", count=expired)
+        due = await self.store.due_deletions(now, batch)
+        done = 0
+        for pending in due:
+            done += await self._delete_pending(pending.backend, pending.storage_key)
+        return done
+
+    async def _abandon(self, copy: StoredCopy) -> None:
+        try:
+            await self.store.abandon(copy.storage_key, self.clock.seconds())
+        except Exception:
+            log.failure("could not mark {storage_key} abandoned", storage_key=copy.storage_key)
+            return
+        await self._delete_pending(copy.backend, copy.storage_key)
+
+    async def _delete_pending(self, backend: str, storage_key: str) -> int:
+        try:
+            await self.backends[backend].delete(storage_key)
+        except Exception as e:
+            metrics.cleanup_deletions_total.labels("error").inc()
+            log.warn(
+                "deleting {storage_key} on {backend} failed, will retry: {error}",
+                storage_key=storage_key,
+                backend=backend,
+                error=str(e),
+            )
+            try:
+                await self.store.deletion_failed(storage_key, str(e)[:500], self.clock.seconds())
+            except Exception:
+                log.failure("could not record failed deletion of {storage_key}", storage_key=storage_key)
+            return 0
+        await self.store.forget(storage_key)
+        metrics.cleanup_deletions_total.labels("success").inc()
+        return 1
+
+
+class _Digest:
+    """Hashes a body on its way through and checks it before the last byte leaves.
+
+    Holding back the final chunk until the length and Content-MD5 check out
+    means a backend never receives a complete wrong object.
+    """
+
+    def __init__(self, size: int, content_md5: bytes | None) -> None:
+        self.size = size
+        self.content_md5 = content_md5
+        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.etag = ""
+
+    async def pass_through(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        seen = 0
+        if self.size == 0:
+            self._finish()
+        async for chunk in body:
+            if not chunk:
+                continue
+            seen += len(chunk)
+            if seen > self.size:
+                raise IncompleteBody(f"body longer than the declared {self.size} bytes")
+            self.md5.update(chunk)
+            if seen == self.size:
+                self._finish()
+            yield chunk
+        if seen != self.size:
+            raise IncompleteBody(f"body ended after {seen} of {self.size} bytes")
+
+    def _finish(self) -> None:
+        digest = self.md5.digest()
+        if self.content_md5 is not None and digest != self.content_md5:
+            raise BadDigest("the Content-MD5 you specified did not match what we received")
+        self.etag = digest.hex()

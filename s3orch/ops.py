@@ -1,0 +1,71 @@
+"""The operator endpoints beside S3: /health and /metrics, and the root that routes to them."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from twisted.internet.defer import Deferred
+from twisted.web.resource import IResource, Resource
+from twisted.web.server import NOT_DONE_YET, Request
+
+
+class Root(Resource):
+    """Sends /health and /metrics to their resources and every other path to S3.
+
+    Bucket names ``health``, ``metrics`` and ``admin`` are refused by the
+    configuration, so no bucket is ever shadowed.
+    """
+
+    def __init__(self, s3: IResource, extra: dict[bytes, IResource]) -> None:
+        super().__init__()
+        self.s3 = s3
+        self.extra = extra
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        # Only an exact "/health" or "/metrics" is ours; "/metrics/x" is an S3 key.
+        if path in self.extra and request.postpath == []:
+            return self.extra[path]
+        # Hand the whole path back to the S3 leaf, which parses request.uri itself.
+        return self.s3
+
+
+class HealthResource(Resource):
+    """JSON health: ``ok`` when the database answers, ``degraded`` when it does not."""
+
+    isLeaf = True
+
+    def __init__(self, check: Callable[[], Awaitable[dict[str, Any]]]) -> None:
+        super().__init__()
+        self.check = check
+
+    def render_GET(self, request: Request) -> Any:
+        async def answer() -> None:
+            report = await self.check()
+            body = json.dumps(report).encode()
+            request.setHeader(b"Content-Type", b"application/json")
+            request.setHeader(b"Content-Length", str(len(body)).encode())
+            request.write(body)
+            request.finish()
+
+        d = Deferred.fromCoroutine(answer())
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        return NOT_DONE_YET
+
+    render_HEAD = render_GET
+
+
+class MetricsResource(Resource):
+    isLeaf = True
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__()
+        self.registry = registry
+
+    def render_GET(self, request: Request) -> bytes:
+        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
+        body: bytes = generate_latest(self.registry)
+        return body

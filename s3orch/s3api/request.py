@@ -1,0 +1,81 @@
+"""The HTTP request and site: bodies capped while they arrive, and our own access log."""
+
+from __future__ import annotations
+
+import tempfile
+from typing import IO, Any
+
+from twisted.web.resource import IResource
+from twisted.web.server import Request, Site
+
+# Bodies up to this size stay in memory; larger ones are spooled to disk.
+MEMORY_SPOOL_LIMIT = 256 * 1024
+
+
+class _Discard:
+    """A content sink for bodies we already know we will refuse."""
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return 0
+
+    def read(self, size: int = -1) -> bytes:
+        return b""
+
+    def close(self) -> None:
+        pass
+
+
+class S3Request(Request):
+    """A request whose body is spooled to a file and capped at ``max_body`` bytes.
+
+    A body over the cap is not stored anywhere: the route sees
+    ``body_too_large`` and answers EntityTooLarge.
+    """
+
+    max_body: int = 5 * 1024**3
+    body_too_large: bool = False
+    _received: int = 0
+
+    def gotLength(self, length: int | None) -> None:
+        self._received = 0
+        if length is not None and length > self.max_body:
+            self.body_too_large = True
+            self.content = _Discard()
+            return
+        if length is not None and length <= MEMORY_SPOOL_LIMIT:
+            super().gotLength(length)
+            return
+        self.content = tempfile.TemporaryFile(prefix="s3orch-body-")
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if not self.body_too_large and self._received > self.max_body:
+            self.body_too_large = True
+            self.content.close()
+            self.content = _Discard()
+        self.content.write(data)
+
+
+class S3Site(Site):
+    """A Site that builds S3Requests and leaves access logging to the S3 resource."""
+
+    def __init__(self, resource: IResource, max_body: int, **kwargs: Any) -> None:
+        super().__init__(resource, **kwargs)
+        self.noisy = False
+
+        class CappedRequest(S3Request):
+            pass
+
+        CappedRequest.max_body = max_body
+        self.requestFactory = CappedRequest
+
+    def log(self, request: Request) -> None:
+        """Each request is logged once, with its request id, by the resource."""
+
+
+def content_file(request: Request) -> IO[bytes]:
+    content: IO[bytes] = request.content
+    return content

@@ -1,0 +1,141 @@
+"""The service tree: wiring only. Everything here is built without doing I/O."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.application import strports
+from twisted.application.service import MultiService
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.threadpool import ThreadPool
+
+from s3orch.backends.interface import IBackend
+from s3orch.backends.local import LocalBackend
+from s3orch.backends.metered import MeteredBackend
+from s3orch.backends.s3 import S3Backend, make_http_client
+from s3orch.config import BackendConfig, Config
+from s3orch.loops import PeriodicService
+from s3orch.metrics import REGISTRY
+from s3orch.objects.orchestrator import Orchestrator
+from s3orch.ops import HealthResource, MetricsResource, Root
+from s3orch.s3api.auth import Credentials
+from s3orch.s3api.request import S3Site
+from s3orch.s3api.resource import S3Context, S3Resource
+from s3orch.store.db import Database
+from s3orch.store.objects import MetadataStore
+
+log = Logger()
+
+CLEANUP_INTERVAL = 60.0
+USAGE_INTERVAL = 15.0
+# An upload still unfinished after this long belonged to a process that died.
+UPLOAD_TIMEOUT = 6 * 3600.0
+# aws-chunked framing adds a little to the raw body; allow for it before refusing.
+FRAMING_ALLOWANCE = 1.02
+
+
+class S3OrchService(MultiService):
+    """The whole server: listener, database, backends and background loops."""
+
+    def __init__(self, config: Config, reactor: Any) -> None:
+        super().__init__()
+        self.config = config
+        self.reactor = reactor
+        self.db = _database(config)
+        self.store = MetadataStore(self.db)
+        self.file_pool = ThreadPool(minthreads=1, maxthreads=8, name="s3orch-files")
+        self.http_client: Any = None
+        backends: dict[str, IBackend] = {
+            b.name: MeteredBackend(self._backend(b), reactor) for b in config.backends
+        }
+        self.orchestrator = Orchestrator(self.store, backends, config.routing_strategy, reactor)
+        self.context = S3Context(
+            orchestrator=self.orchestrator,
+            credentials=Credentials(config.buckets),
+            buckets=config.buckets,
+            clock=reactor,
+            max_object_size=config.server.max_object_size,
+            started=reactor.seconds(),
+        )
+        root = Root(
+            S3Resource(self.context),
+            {
+                b"health": HealthResource(self.health),
+                b"metrics": MetricsResource(REGISTRY),
+            },
+        )
+        max_body = int(config.server.max_object_size * FRAMING_ALLOWANCE) + 1024 * 1024
+        site = S3Site(root, max_body)
+        strports.service(config.server.listen_endpoint, site, reactor=reactor).setServiceParent(
+            self
+        )
+
+    def _backend(self, config: BackendConfig) -> IBackend:
+        if config.type == "local":
+            return LocalBackend(config.name, config.path, self.reactor, self.file_pool)
+        if self.http_client is None:
+            self.http_client = make_http_client(self.reactor)
+        return S3Backend(
+            name=config.name,
+            endpoint=config.endpoint,
+            bucket=config.bucket,
+            region=config.region,
+            access_key_id=config.access_key_id,
+            secret_access_key=config.secret_access_key,
+            force_path_style=config.force_path_style,
+            http_client=self.http_client,
+            clock=self.reactor,
+        )
+
+    def startService(self) -> None:
+        self.file_pool.start()
+        super().startService()
+        Deferred.fromCoroutine(self._prepare()).addErrback(self._startup_failed)
+
+    async def _prepare(self) -> None:
+        version = await self.db.migrate()
+        await self.store.sync_backends({b.name: b.quota_bytes for b in self.config.backends})
+        if self.db.dialect == "sqlite":
+            # One process owns a SQLite file: any upload still marked in flight died with us.
+            await self.store.expire_uploads(self.reactor.seconds() + 1)
+        await self.orchestrator.usage()
+        self.context.ready = True
+        log.info("s3orch ready: schema version {version}", version=version)
+        for loop in (
+            PeriodicService("cleanup", CLEANUP_INTERVAL, self._cleanup, self.reactor),
+            PeriodicService("usage", USAGE_INTERVAL, self.orchestrator.usage, self.reactor, False),
+        ):
+            loop.setServiceParent(self)
+
+    def _startup_failed(self, failure: Any) -> None:
+        log.failure("s3orch could not start", failure)
+        self.reactor.stop()
+
+    async def _cleanup(self) -> None:
+        await self.orchestrator.run_cleanup(UPLOAD_TIMEOUT)
+
+    async def health(self) -> dict[str, Any]:
+        if not self.context.ready:
+            return {"status": "starting"}
+        try:
+            await self.db.run("health", lambda cur: cur.execute("SELECT 1"))
+        except Exception as e:
+            return {"status": "degraded", "database": f"error: {type(e).__name__}"}
+        return {"status": "ok", "database": "ok"}
+
+    def stopService(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred.fromCoroutine(self._stop())
+        return d
+
+    async def _stop(self) -> None:
+        self.context.ready = False
+        await super().stopService()
+        self.db.close()
+        self.file_pool.stop()
+
+
+def _database(config: Config) -> Database:
+    if config.database.driver == "postgres":
+        return Database.postgres(config.database.postgres_conninfo())
+    return Database.sqlite(config.database.path)

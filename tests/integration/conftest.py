@@ -1,0 +1,96 @@
+"""Real processes for integration tests: s3orch servers in front of real S3 backends."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from s3orch.testing.s3orch_process import (
+    S3OrchProcess,
+    local_config,
+)
+from tests.integration.helpers import boto_client
+
+POSTGRES_ADMIN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[dict[str, Any]]:
+    """A fresh PostgreSQL database for one test session, dropped afterwards."""
+    name = "s3orch_it_" + secrets.token_hex(4)
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield {
+        "driver": "postgres",
+        "host": "127.0.0.1",
+        "port": 5432,
+        "database": name,
+        "user": "postgres",
+        "sslmode": "disable",
+    }
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def s3_backends_config(moto_server: Any, count: int = 2, quota: int = 0) -> list[dict[str, Any]]:
+    backends = []
+    for i in range(count):
+        bucket = f"backend{i + 1}-{secrets.token_hex(3)}"
+        moto_server.make_bucket(bucket)
+        backends.append(
+            {
+                "name": f"s3-{i + 1}",
+                "type": "s3",
+                "endpoint": moto_server.endpoint,
+                "region": moto_server.region,
+                "bucket": bucket,
+                "access_key_id": moto_server.access_key,
+                "secret_access_key": moto_server.secret_key,
+                "force_path_style": True,
+                "quota_bytes": quota,
+            }
+        )
+    return backends
+
+
+@pytest.fixture(
+    scope="module",
+    params=["local-sqlite", "s3-sqlite", pytest.param("s3-postgres", marks=pytest.mark.postgres)],
+)
+def s3orch(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[S3OrchProcess]:
+    """A running s3orch for the S3 API suite, once per backend kind and metadata database."""
+    workdir = tmp_path_factory.mktemp(request.param)
+    config = local_config(workdir)
+    if request.param.startswith("s3"):
+        config["backends"] = s3_backends_config(request.getfixturevalue("moto_server"))
+    if request.param.endswith("postgres"):
+        config["database"] = request.getfixturevalue("postgres_database")
+    server = S3OrchProcess(workdir, config)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(s3orch: S3OrchProcess) -> Any:
+    """A boto3 client for bucket ``test`` on the suite's server."""
+    return boto_client(s3orch.endpoint)
+
+
+@pytest.fixture
+def key() -> str:
+    """A key no other test uses."""
+    return "k/" + secrets.token_hex(6)
+
+
+def make_local_server(workdir: Path, **kwargs: Any) -> S3OrchProcess:
+    server = S3OrchProcess(workdir, local_config(workdir, **kwargs))
+    server.start()
+    return server
