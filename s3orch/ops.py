@@ -8,9 +8,13 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
-from twisted.internet.defer import Deferred
+from twisted.logger import Logger
 from twisted.web.resource import IResource, Resource
-from twisted.web.server import NOT_DONE_YET, Request
+from twisted.web.server import Request
+
+from s3orch.httputil import finish_with, serve_async
+
+log = Logger()
 
 
 class Root(Resource):
@@ -45,27 +49,29 @@ class HealthResource(Resource):
     def render_GET(self, request: Request) -> Any:
         async def answer() -> None:
             report = await self.check()
-            body = json.dumps(report).encode()
-            request.setHeader(b"Content-Type", b"application/json")
-            request.setHeader(b"Content-Length", str(len(body)).encode())
-            request.write(body)
-            request.finish()
+            finish_with(request, json.dumps(report).encode(), b"application/json")
 
-        d = Deferred.fromCoroutine(answer())
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-        return NOT_DONE_YET
+        return serve_async(request, answer())
 
     render_HEAD = render_GET
 
 
 class MetricsResource(Resource):
+    """Prometheus exposition; ``refresh`` updates the gauges read from the database first."""
+
     isLeaf = True
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: CollectorRegistry, refresh: Callable[[], Awaitable[object]]) -> None:
         super().__init__()
         self.registry = registry
+        self.refresh = refresh
 
-    def render_GET(self, request: Request) -> bytes:
-        request.setHeader(b"Content-Type", CONTENT_TYPE_LATEST.encode())
-        body: bytes = generate_latest(self.registry)
-        return body
+    def render_GET(self, request: Request) -> Any:
+        async def answer() -> None:
+            try:
+                await self.refresh()
+            except Exception:
+                log.failure("refreshing gauges for /metrics failed; serving the last values")
+            finish_with(request, generate_latest(self.registry), CONTENT_TYPE_LATEST.encode())
+
+        return serve_async(request, answer())

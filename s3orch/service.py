@@ -62,7 +62,7 @@ class S3OrchService(MultiService):
             S3Resource(self.context),
             {
                 b"health": HealthResource(self.health),
-                b"metrics": MetricsResource(REGISTRY),
+                b"metrics": MetricsResource(REGISTRY, self._refresh_gauges),
             },
         )
         max_body = int(config.server.max_object_size * FRAMING_ALLOWANCE) + 1024 * 1024
@@ -111,6 +111,10 @@ class S3OrchService(MultiService):
     def _startup_failed(self, failure: Any) -> None:
         log.failure("s3orch could not start", failure)
         self.reactor.stop()
+
+    async def _refresh_gauges(self) -> None:
+        if self.context.ready:
+            await self.orchestrator.usage()
 
     async def _cleanup(self) -> None:
         await self.orchestrator.run_cleanup(UPLOAD_TIMEOUT)

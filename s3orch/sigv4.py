@@ -12,6 +12,7 @@ characters that did not need escaping.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -65,6 +66,8 @@ _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
 _AMZ_DATE = re.compile(r"(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z")
 _YYYYMMDD = re.compile(r"\d{8}")
 _SPACES = re.compile(r"[ \t\r\n\x0b\x0c]+")
+_UNRESERVED = re.compile(r"[A-Za-z0-9._~-]*")
+_UNRESERVED_SLASH = re.compile(r"[A-Za-z0-9._~/-]*")
 
 # Headers a signer must never sign: hop-by-hop ones that proxies rewrite, and
 # user-agent (botocore's list, so our signatures match its byte for byte).
@@ -84,6 +87,10 @@ _UNSIGNABLE = frozenset(
         "x-amzn-trace-id",
     }
 )
+
+# x-amz-* headers that proxies add in front of S3 (CloudFront's request id);
+# S3 accepts them unsigned, so we must too.
+_UNSIGNED_AMZ_ALLOWED = frozenset({"x-amz-cf-id"})
 
 _PRESIGN_PARAMS = (
     "X-Amz-Algorithm",
@@ -195,7 +202,10 @@ def uri_encode(value: str | bytes, *, encode_slash: bool = True) -> str:
 
 
 def _reencode(raw: str, *, encode_slash: bool) -> str:
-    # Decode exactly once ('+' stays '+'), then encode exactly once.
+    # Decode exactly once ('+' stays '+'), then encode exactly once. Most names
+    # and values are already canonical: skip the round trip for those.
+    if (_UNRESERVED if encode_slash else _UNRESERVED_SLASH).fullmatch(raw):
+        return raw
     return quote_from_bytes(
         unquote_to_bytes(raw.encode("utf-8", "surrogateescape")),
         safe="" if encode_slash else "/",
@@ -231,6 +241,16 @@ def canonical_query(raw_query: str, *, drop: str | None = None) -> str:
 
 def _trim(value: str) -> str:
     # Trimall: strip, and collapse inner runs of whitespace to one space.
+    if (
+        "  " not in value
+        and "\t" not in value
+        and "\n" not in value
+        and "\r" not in value
+        and "\x0b" not in value
+        and "\x0c" not in value
+        and value.strip(" ") == value
+    ):
+        return value
     return _SPACES.sub(" ", value).strip(" ")
 
 
@@ -328,6 +348,7 @@ class _Parsed:
     presigned: bool
 
 
+@functools.lru_cache(maxsize=256)  # requests arriving in the same second share a date
 def _parse_amz_date(value: str) -> float | None:
     m = _AMZ_DATE.fullmatch(value)
     if m is None:
@@ -557,7 +578,11 @@ def _check_signed_headers(headers: Mapping[str, str], signed: list[str]) -> None
     """``host`` and every x-amz-* header must be covered by the signature."""
     covered = set(signed)
     missing = ["host"] if "host" not in covered else []
-    missing += sorted(n for n in headers if n.startswith("x-amz-") and n not in covered)
+    missing += sorted(
+        n
+        for n in headers
+        if n.startswith("x-amz-") and n not in covered and n not in _UNSIGNED_AMZ_ALLOWED
+    )
     if missing:
         raise SigV4Error(
             "AccessDenied", _MSG_NOT_SIGNED, details={"HeadersNotSigned": ", ".join(missing)}

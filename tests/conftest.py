@@ -17,3 +17,24 @@ def reactor() -> IReactorCore:
     from twisted.internet import reactor as installed
 
     return installed  # type: ignore[return-value]
+
+
+# -- Real S3 servers: moto in its own process (s3orch.testing.moto_server) --------------------
+
+from collections.abc import Iterator  # noqa: E402
+
+from s3orch.testing.moto_server import MotoServer, start_moto_server  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def moto_server() -> Iterator[MotoServer]:
+    """A moto S3 server process on a free 127.0.0.1 port, shared by the whole session.
+
+    Yields an object with ``endpoint``, ``access_key``, ``secret_key``, ``region`` and
+    ``make_bucket(name)``; tests should use buckets of their own.
+    """
+    server = start_moto_server()
+    try:
+        yield server
+    finally:
+        server.stop()

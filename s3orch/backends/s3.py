@@ -30,6 +30,7 @@ from xml.etree.ElementTree import Element, ParseError
 
 import defusedxml.ElementTree as SafeET
 from attrs import define, field
+from defusedxml import DefusedXmlException
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
@@ -42,7 +43,7 @@ from twisted.web.client import (
     RequestGenerationFailed,
     ResponseDone,
 )
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from s3orch.backends.interface import (
@@ -325,7 +326,7 @@ def _child_text(element: Element, name: str) -> str | None:
 def _parse_xml(body: bytes) -> Element | None:
     try:
         root: Element = SafeET.fromstring(body)
-    except (ParseError, ValueError, SafeET.DefusedXmlException):
+    except (ParseError, ValueError, DefusedXmlException):
         return None
     return root
 
@@ -544,7 +545,7 @@ class S3Backend:
         except BackendError:
             body = b""
         code, message = _parse_error(body)
-        if response.code == 404 and method != "HEAD" and code in (None, "NoSuchKey"):
+        if response.code == 404 and method in ("GET", "DELETE") and code in (None, "NoSuchKey"):
             return BackendNotFound(key or "")
         text = f"{self.name}: {method} answered {response.code}"
         if code:
@@ -577,11 +578,10 @@ class S3Backend:
         headers = {"range": f"bytes={start}-{'' if end is None else end}"} if ranged else {}
         response, watchdog = await self._send("GET", key, headers=headers)
         if response.code == 200 and not ranged:
-            length_text = _header(response, b"content-length")
-            if length_text is None or not length_text.isdigit():
+            if response.length == UNKNOWN_LENGTH:  # e.g. chunked, or decoded from gzip
                 _abandon(response, watchdog)
                 raise BackendError(f"{self.name}: GET answered without a Content-Length")
-            length = total = int(length_text)
+            length = total = response.length
         elif response.code == 206 and ranged:
             content_range = _parse_content_range(_header(response, b"content-range"))
             if content_range is None or content_range[0] != start:

@@ -76,7 +76,7 @@ def http_date(seconds: float) -> str:
 
 
 def object_headers(version: ObjectVersion) -> dict[str, str]:
-    """Response headers describing ``version`` (Content-Length excluded)."""
+    """Response headers describing ``version`` (Content-Length and user metadata excluded)."""
     headers = {
         "ETag": f'"{version.etag}"',
         "Last-Modified": http_date(version.created_at),
@@ -85,6 +85,4 @@ def object_headers(version: ObjectVersion) -> dict[str, str]:
     }
     for name, value in version.headers.items():
         headers["-".join(part.capitalize() for part in name.split("-"))] = value
-    for name, value in version.metadata.items():
-        headers[META_PREFIX + name] = value
     return headers

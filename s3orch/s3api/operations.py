@@ -11,6 +11,7 @@ from s3orch.s3api import conditions, headers as object_headers, xml
 from s3orch.s3api.body import STREAMING_PREFIX, RequestBody
 from s3orch.s3api.errors import S3Error
 from s3orch.s3api.ranges import parse_range
+from s3orch.s3api.request import set_metadata_header
 from s3orch.s3api.streaming import write_body
 
 if TYPE_CHECKING:
@@ -231,6 +232,8 @@ async def _get_object(ctx: S3Context, call: Call) -> None:
                 raise
     for name, value in object_headers.object_headers(version).items():
         request.setHeader(name.encode("latin-1"), value.encode("latin-1", "replace"))
+    for name, value in version.metadata.items():
+        set_metadata_header(request, name, value)
     for param, header in RESPONSE_OVERRIDES.items():
         if param in call.query:
             request.setHeader(header.encode(), call.query[param].encode("latin-1", "replace"))

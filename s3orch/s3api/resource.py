@@ -13,16 +13,16 @@ from typing import Any
 from urllib.parse import unquote
 
 from attrs import define, frozen
-from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
-from twisted.web.server import NOT_DONE_YET
 
 from s3orch import metrics
 from s3orch.backends.interface import BackendError
 from s3orch.config import BucketConfig
+from s3orch.httputil import serve_async
 from s3orch.objects import errors as core
 from s3orch.objects.orchestrator import Orchestrator
 from s3orch.s3api import operations
@@ -70,9 +70,7 @@ class S3Resource(Resource):
         self.context = context
 
     def render(self, request: S3Request) -> Any:  # type: ignore[override]
-        d = Deferred.fromCoroutine(self._serve(request))
-        request.notifyFinish().addErrback(lambda _: d.cancel())
-        return NOT_DONE_YET
+        return serve_async(request, self._serve(request))
 
     async def _serve(self, request: S3Request) -> None:
         clock = self.context.clock

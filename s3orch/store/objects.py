@@ -250,8 +250,10 @@ class MetadataStore:
         which are returned for the caller to delete now. Raises
         ``ReservationLost`` if a copy's upload row is gone, and ``NoSpace`` if
         a copy is larger than its reservation and the excess does not fit;
-        either way nothing changes.
+        either way nothing changes. A version must have at least one copy.
         """
+        if not version.copies:
+            raise ValueError(f"{version.bucket}/{version.key}: a version needs a copy")
         at = _micros(now)
 
         def txn(cur: Cursor) -> list[PendingDeletion]:

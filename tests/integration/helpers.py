@@ -20,6 +20,7 @@ def boto_client(
         aws_secret_access_key=secret,
         region_name="us-east-1",
         config=BotoConfig(
+            signature_version="s3v4",
             s3={"addressing_style": "path"},
             retries={"max_attempts": 1, "mode": "standard"},
         ),

@@ -8,6 +8,7 @@ import os
 import secrets
 import urllib.error
 import urllib.request
+from urllib.parse import quote
 from typing import Any
 
 import pytest
@@ -279,7 +280,7 @@ def test_list_encoding_type_url(s3orch: S3OrchProcess, s3: Any) -> None:
     prefix = f"enc-{secrets.token_hex(4)}/"
     s3.put_object(Bucket="test", Key=prefix + "a b", Body=b"x")
     status, _, body = signed_request(
-        s3orch, "GET", f"/test?list-type=2&encoding-type=url&prefix={prefix}"
+        s3orch, "GET", f"/test?list-type=2&encoding-type=url&prefix={quote(prefix, safe='')}"
     )
     assert status == 200
     assert f"<Key>{prefix}a%20b</Key>".encode() in body

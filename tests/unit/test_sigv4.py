@@ -198,7 +198,7 @@ def test_result_describes_the_request() -> None:
 # -- botocore as oracle ----------------------------------------------------------------
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(key=keys, params=query_params)
 def test_accepts_botocore_header_signatures(key: str, params: dict[str, str]) -> None:
     """Any key and query that botocore signs in a header verifies."""
@@ -207,7 +207,7 @@ def test_accepts_botocore_header_signatures(key: str, params: dict[str, str]) ->
     assert result.access_key == AK and result.payload_hash == EMPTY_SHA256
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(key=keys, params=query_params)
 def test_accepts_botocore_presigned_urls(key: str, params: dict[str, str]) -> None:
     """Any key and query that botocore presigns verifies, with an unsigned payload."""
@@ -216,7 +216,7 @@ def test_accepts_botocore_presigned_urls(key: str, params: dict[str, str]) -> No
     assert result.presigned and result.payload_hash == UNSIGNED_PAYLOAD
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(key=keys, params=query_params, position=st.integers(0, 63))
 def test_rejects_a_flipped_signature_character(
     key: str, params: dict[str, str], position: int
@@ -230,7 +230,7 @@ def test_rejects_a_flipped_signature_character(
     expect_error(tampered, "SignatureDoesNotMatch", 403)
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(key=keys, other=keys)
 def test_rejects_a_different_path(key: str, other: str) -> None:
     """A signature for one key does not authorise another key."""
@@ -242,7 +242,7 @@ def test_rejects_a_different_path(key: str, other: str) -> None:
     expect_error(moved, "SignatureDoesNotMatch", 403)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(key=keys, params=query_params, meta=header_values, body=st.binary(max_size=64))
 def test_sign_request_matches_botocore(
     key: str, params: dict[str, str], meta: str, body: bytes
@@ -266,7 +266,7 @@ def test_sign_request_matches_botocore(
     assert authenticate(request, lookup, NOW).payload_hash == hashlib.sha256(body).hexdigest()
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(key=keys, params=query_params, expires=st.integers(1, 604800))
 def test_presign_url_matches_botocore(key: str, params: dict[str, str], expires: int) -> None:
     """presign_url produces botocore's presigned URL byte for byte."""
@@ -275,7 +275,7 @@ def test_presign_url_matches_botocore(key: str, params: dict[str, str], expires:
     assert presign_url("GET", url, AK, SK, REGION, NOW, expires) == theirs
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=50, deadline=None)
 @given(key=keys, params=query_params)
 def test_sign_request_round_trips_raw_urls(key: str, params: dict[str, str]) -> None:
     """A URL with characters left unescaped signs and verifies like its escaped form."""
@@ -326,7 +326,7 @@ def test_accepts_botocore_streaming_seed() -> None:
         ("/a%20b/c%2bd", "/a%20b/c%2Bd"),
         ("/%7e%7E~", "/~~~"),
         ("/x//y/../z/./", "/x//y/../z/./"),
-        ("/%2f", "/%2F"),
+        ("/%2f", "//"),  # S3 decodes %2F to a slash before signing
         ("/caf\u00e9/\U0001f600", "/caf%C3%A9/%F0%9F%98%80"),
         ("/100%", "/100%25"),
         ("/%zz", "/%25zz"),
@@ -463,8 +463,8 @@ def test_unknown_access_key_does_the_full_work(monkeypatch: pytest.MonkeyPatch) 
         calls.append(string_to_sign)
         return real(key, string_to_sign)
 
-    monkeypatch.setattr(sigv4, "_sign", spy)
     request = signed()
+    monkeypatch.setattr(sigv4, "_sign", spy)
     unknown = with_headers(
         request, authorization=request.headers["authorization"].replace(AK, "NOSUCHKEY")
     )
@@ -556,8 +556,10 @@ def test_unsigned_amz_header_is_rejected() -> None:
 
 
 def test_unsigned_ordinary_header_is_ignored() -> None:
-    """Headers outside the signature and not x-amz-* do not affect verification."""
-    request = with_headers(signed(), user_agent="curl", x_amzn_trace_id="Root=1")
+    """Unsigned non-x-amz-* headers, and CloudFront's x-amz-cf-id, do not matter."""
+    request = with_headers(
+        signed(), user_agent="curl", x_amzn_trace_id="Root=1", x_amz_cf_id="cloudfront"
+    )
     assert authenticate(request, lookup, NOW).access_key == AK
 
 

@@ -260,6 +260,18 @@ async def test_commit_rejects_copy_on_other_backend(store: MetadataStore, db: Da
 
 
 @pytest_twisted.ensureDeferred
+async def test_commit_and_sync_reject_nonsense(store: MetadataStore) -> None:
+    """A version without copies and a negative limit are refused before touching the database."""
+    with pytest.raises(ValueError):
+        await store.commit(make_version("k", "v1", []), NOW)
+    with pytest.raises(ValueError):
+        await store.sync_backends({"b1": -1})
+    with pytest.raises(ValueError):
+        await store.reserve("b1", "s", -1, NOW)
+    assert await store.usage() == []
+
+
+@pytest_twisted.ensureDeferred
 async def test_get_round_trips_every_field(store: MetadataStore) -> None:
     """get returns what commit stored, copies ordered by backend name."""
     await store.sync_backends({"b1": 0, "b2": 0})

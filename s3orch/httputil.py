@@ -1,0 +1,28 @@
+"""Small helpers shared by the HTTP resources."""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.web.server import NOT_DONE_YET, Request
+
+
+def serve_async(request: Request, work: Coroutine[Any, Any, None]) -> Any:
+    """Run ``work`` to answer ``request``; cancel it if the client goes away.
+
+    Returns NOT_DONE_YET for ``render``; ``work`` must finish the request.
+    """
+    d = Deferred.fromCoroutine(work)
+    request.notifyFinish().addErrback(lambda _: d.cancel())
+    return NOT_DONE_YET
+
+
+def finish_with(request: Request, body: bytes, content_type: bytes, status: int = 200) -> None:
+    """Answer with a complete in-memory body."""
+    request.setResponseCode(status)
+    request.setHeader(b"Content-Type", content_type)
+    request.setHeader(b"Content-Length", str(len(body)).encode())
+    request.write(body)
+    request.finish()
