@@ -61,7 +61,9 @@ class MetricsResource(Resource):
 
     isLeaf = True
 
-    def __init__(self, registry: CollectorRegistry, refresh: Callable[[], Awaitable[object]]) -> None:
+    def __init__(
+        self, registry: CollectorRegistry, refresh: Callable[[], Awaitable[object]]
+    ) -> None:
         super().__init__()
         self.registry = registry
         self.refresh = refresh

@@ -41,6 +41,7 @@ __all__ = [
     "canonical_uri",
     "presign_url",
     "sign_request",
+    "signing_key",
     "uri_encode",
 ]
 
@@ -162,9 +163,10 @@ class SigV4Error(Exception):
 class SignedRequest:
     """A request as it arrived, before anything decoded it.
 
-    ``raw_path`` and ``raw_query`` are the request-target exactly as sent. Any
-    non-ASCII characters in them are taken as UTF-8; decode the wire bytes with
-    ``.decode("utf-8", "surrogateescape")`` to keep arbitrary bytes intact.
+    ``raw_path`` and ``raw_query`` are the request-target exactly as sent. The
+    signature covers bytes, and non-ASCII text here is encoded back as UTF-8: so
+    decode the request-target and header values from the wire with
+    ``.decode("utf-8", "surrogateescape")`` (not latin-1), which round-trips any bytes.
     """
 
     method: str
@@ -196,7 +198,11 @@ class AuthResult:
 
 
 def uri_encode(value: str | bytes, *, encode_slash: bool = True) -> str:
-    """Percent-encode with AWS's rules: only A-Za-z0-9-._~ (and maybe '/') stay as is."""
+    """Percent-encode with AWS's rules: only A-Za-z0-9-._~ (and maybe '/') stay as is.
+
+    Build backend URLs with it (``uri_encode(key, encode_slash=False)`` for a
+    path): the URL sent is then already canonical, whatever the key holds.
+    """
     raw = value.encode("utf-8") if isinstance(value, str) else value
     return quote_from_bytes(raw, safe="" if encode_slash else "/")
 
@@ -412,10 +418,11 @@ def _parse_header_auth(
     if algorithm != ALGORITHM:
         if algorithm == "AWS" or algorithm.startswith("AWS4-"):
             raise SigV4Error("InvalidRequest", _MSG_MECHANISM)
+        # No ArgumentValue: the header may be a bare token, never echo it.
         raise SigV4Error(
             "InvalidArgument",
             "Unsupported Authorization Type",
-            details={"ArgumentName": "Authorization", "ArgumentValue": algorithm[:64]},
+            details={"ArgumentName": "Authorization"},
         )
     fields: dict[str, str] = {}
     for item in rest.split(","):

@@ -9,6 +9,7 @@ from twisted.python import usage
 
 from s3orch.config import DEFAULT_CONFIG_PATH, ConfigError, load_config
 
+
 class Options(usage.Options):
     optParameters = [["config", "c", DEFAULT_CONFIG_PATH, "Path to the YAML configuration file."]]
 

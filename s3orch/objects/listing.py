@@ -37,7 +37,11 @@ def common_prefix(key: str, prefix: str, delimiter: str) -> str | None:
 
 def resume_cursor(marker: str, prefix: str, delimiter: str) -> str:
     """Where to resume after ``marker``; a marker that is a CommonPrefix skips its keys."""
-    if delimiter and marker.startswith(prefix) and common_prefix(marker, prefix, delimiter) == marker:
+    if (
+        delimiter
+        and marker.startswith(prefix)
+        and common_prefix(marker, prefix, delimiter) == marker
+    ):
         return marker + _MAX_CHAR
     return marker
 
@@ -63,7 +67,7 @@ async def list_page(
             return ListPage(contents, prefixes, False, last)
         for version in batch:
             rolled = common_prefix(version.key, prefix, delimiter)
-            if rolled is not None and (rolled == last or rolled == start_after):
+            if rolled is not None and rolled in (last, start_after):
                 cursor = version.key  # a key past the skip cursor: still inside the prefix
                 continue
             if len(contents) + len(prefixes) == max_keys:

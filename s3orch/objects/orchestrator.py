@@ -114,7 +114,9 @@ class Orchestrator:
             raise NoSuchObject(key)
         return version
 
-    async def open(self, version: ObjectVersion, start: int = 0, end: int | None = None) -> BackendRead:
+    async def open(
+        self, version: ObjectVersion, start: int = 0, end: int | None = None
+    ) -> BackendRead:
         """Open bytes ``start..end`` (inclusive) of ``version`` from the first copy that answers."""
         failures: list[str] = []
         for copy in version.copies:
@@ -154,7 +156,7 @@ class Orchestrator:
             await self._delete_pending(pending.backend, pending.storage_key)
 
     async def run_cleanup(self, upload_timeout: float, batch: int = 100) -> int:
-        """Retry queued deletions and reclaim uploads abandoned by a crash; returns deletions done."""
+        """Retry queued deletions and reclaim uploads a crash abandoned; returns deletions done."""
         now = self.clock.seconds()
         expired = await self.store.expire_uploads(now - upload_timeout)
         if expired:
@@ -187,7 +189,9 @@ class Orchestrator:
             try:
                 await self.store.deletion_failed(storage_key, str(e)[:500], self.clock.seconds())
             except Exception:
-                log.failure("could not record failed deletion of {storage_key}", storage_key=storage_key)
+                log.failure(
+                    "could not record failed deletion of {storage_key}", storage_key=storage_key
+                )
             return 0
         await self.store.forget(storage_key)
         metrics.cleanup_deletions_total.labels("success").inc()

@@ -42,9 +42,7 @@ STATUS = {
 class S3Error(Exception):
     """An error answered to the client in S3's XML form."""
 
-    def __init__(
-        self, code: str, message: str, status: int | None = None, **extra: str
-    ) -> None:
+    def __init__(self, code: str, message: str, status: int | None = None, **extra: str) -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message

@@ -7,11 +7,12 @@ import binascii
 from typing import TYPE_CHECKING
 
 from s3orch.objects.errors import Unavailable
-from s3orch.s3api import conditions, headers as object_headers, xml
+from s3orch.s3api import conditions, xml
+from s3orch.s3api import headers as object_headers
 from s3orch.s3api.body import STREAMING_PREFIX, RequestBody
 from s3orch.s3api.errors import S3Error
 from s3orch.s3api.ranges import parse_range
-from s3orch.s3api.request import set_metadata_header
+from s3orch.s3api.request import content_file, set_metadata_header
 from s3orch.s3api.streaming import write_body
 
 if TYPE_CHECKING:
@@ -19,11 +20,44 @@ if TYPE_CHECKING:
 
 # Sub-resources S3 defines; any we do not serve is 501, never a plain GET or PUT.
 SUBRESOURCES = frozenset(
-    """accelerate acl analytics attributes cors delete encryption intelligent-tiering inventory
-    legal-hold lifecycle location logging metrics notification object-lock ownershipControls
-    partNumber policy policyStatus publicAccessBlock replication requestPayment restore retention
-    select select-type session tagging torrent uploadId uploads versionId versioning versions
-    website""".split()
+    [
+        "accelerate",
+        "acl",
+        "analytics",
+        "attributes",
+        "cors",
+        "delete",
+        "encryption",
+        "intelligent-tiering",
+        "inventory",
+        "legal-hold",
+        "lifecycle",
+        "location",
+        "logging",
+        "metrics",
+        "notification",
+        "object-lock",
+        "ownershipControls",
+        "partNumber",
+        "policy",
+        "policyStatus",
+        "publicAccessBlock",
+        "replication",
+        "requestPayment",
+        "restore",
+        "retention",
+        "select",
+        "select-type",
+        "session",
+        "tagging",
+        "torrent",
+        "uploadId",
+        "uploads",
+        "versionId",
+        "versioning",
+        "versions",
+        "website",
+    ]
 )
 RESPONSE_OVERRIDES = {
     "response-content-type": "Content-Type",
@@ -55,7 +89,9 @@ def _refuse_subresources(call: Call, allowed: frozenset[str] = frozenset()) -> N
             raise _not_implemented(f"The '{name}' sub-resource")
 
 
-def _send(call: Call, body: bytes, status: int = 200, content_type: bytes = b"application/xml") -> None:
+def _send(
+    call: Call, body: bytes, status: int = 200, content_type: bytes = b"application/xml"
+) -> None:
     request = call.request
     request.setResponseCode(status)
     request.setHeader(b"Content-Type", content_type)
@@ -216,7 +252,9 @@ async def _get_object(ctx: S3Context, call: Call) -> None:
         except conditions.NotModified:
             request.setResponseCode(304)
             request.setHeader(b"ETag", f'"{version.etag}"'.encode())
-            request.setHeader(b"Last-Modified", object_headers.http_date(version.created_at).encode())
+            request.setHeader(
+                b"Last-Modified", object_headers.http_date(version.created_at).encode()
+            )
             return
         span = parse_range(call.headers.get("range"), version.size)
         if call.method == "HEAD" or version.size == 0:
@@ -265,7 +303,7 @@ async def _put_object(ctx: S3Context, call: Call) -> None:
         if raw is None or not raw.isdigit():
             raise S3Error(
                 "MissingContentLength",
-                "You must provide the x-amz-decoded-content-length header with aws-chunked uploads.",
+                "aws-chunked uploads must send x-amz-decoded-content-length.",
             )
         decoded_length = size = int(raw)
     else:
@@ -281,7 +319,7 @@ async def _put_object(ctx: S3Context, call: Call) -> None:
     stored = object_headers.stored_headers(headers)
     md5 = object_headers.content_md5(headers)
     content_type = headers.get("content-type") or object_headers.DEFAULT_CONTENT_TYPE
-    body = RequestBody(call.request.content, auth, decoded_length)
+    body = RequestBody(content_file(call.request), auth, decoded_length)
     version = await ctx.orchestrator.put(
         call.bucket, call.key, body.chunks(), size, content_type, metadata, stored, md5
     )

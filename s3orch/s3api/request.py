@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from typing import IO, Any
 
+from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
@@ -48,15 +49,16 @@ class S3Request(Request):
         if length is not None and length <= MEMORY_SPOOL_LIMIT:
             super().gotLength(length)
             return
-        self.content = tempfile.TemporaryFile(prefix="s3orch-body-")
+        self.content = tempfile.TemporaryFile(prefix="s3orch-body-")  # noqa: SIM115 - lives with the request
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
+        content = content_file(self)
         if not self.body_too_large and self._received > self.max_body:
             self.body_too_large = True
-            self.content.close()
-            self.content = _Discard()
-        self.content.write(data)
+            content.close()
+            self.content = content = _Discard()  # type: ignore[assignment]
+        content.write(data)
 
 
 class S3Site(Site):
@@ -72,11 +74,13 @@ class S3Site(Site):
         CappedRequest.max_body = max_body
         self.requestFactory = CappedRequest
 
-    def log(self, request: Request) -> None:
+    def log(self, request: http.Request) -> None:
         """Each request is logged once, with its request id, by the resource."""
 
 
-def content_file(request: Request) -> IO[bytes]:
+def content_file(request: http.Request) -> IO[bytes]:
+    """The spooled body, typed (Twisted declares it optional until the body starts)."""
+    assert request.content is not None
     content: IO[bytes] = request.content
     return content
 

@@ -69,7 +69,7 @@ class S3Resource(Resource):
         super().__init__()
         self.context = context
 
-    def render(self, request: S3Request) -> Any:  # type: ignore[override]
+    def render(self, request: S3Request) -> Any:
         return serve_async(request, self._serve(request))
 
     async def _serve(self, request: S3Request) -> None:
@@ -95,7 +95,9 @@ class S3Resource(Resource):
         except Exception as e:
             s3_error = _translate(e)
             if s3_error.code == "InternalError":
-                log.failure("unhandled error serving {request_id}", Failure(), request_id=request_id)
+                log.failure(
+                    "unhandled error serving {request_id}", Failure(), request_id=request_id
+                )
             self._fail(request, s3_error, request_id)
         finally:
             if not request.finished and not request._disconnected:
@@ -156,7 +158,7 @@ class S3Resource(Resource):
     def _fail(self, request: S3Request, error: S3Error, request_id: str) -> None:
         if request.startedWriting:
             # Headers are gone: the only honest signal left is a cut connection.
-            request.channel.transport.abortConnection()
+            request.loseConnection()
             return
         body = error.to_xml(request.uri.partition(b"?")[0].decode("ascii", "replace"), request_id)
         request.setResponseCode(error.status)
@@ -209,4 +211,3 @@ def _translate(error: Exception) -> S3Error:
         if isinstance(error, kind):
             return make(error)
     return S3Error("InternalError", "We encountered an internal error. Please try again.")
-

@@ -43,7 +43,8 @@ def list_buckets(names: Sequence[str], created: float) -> bytes:
 
 
 def location() -> bytes:
-    return f'<?xml version="1.0" encoding="UTF-8"?>\n<LocationConstraint xmlns="{NAMESPACE}"/>'.encode()
+    """An empty LocationConstraint: the bucket is in us-east-1."""
+    return _document("LocationConstraint", "")
 
 
 def versioning() -> bytes:

@@ -111,7 +111,7 @@ class Database:
         }
         if reactor is not None:
             kwargs["cp_reactor"] = reactor
-        pool = adbapi.ConnectionPool("sqlite3", path, **kwargs)  # type: ignore[no-untyped-call]
+        pool = adbapi.ConnectionPool("sqlite3", path, **kwargs)
         return cls(pool, "sqlite")
 
     @classmethod
@@ -133,7 +133,7 @@ class Database:
         }
         if reactor is not None:
             kwargs["cp_reactor"] = reactor
-        pool = adbapi.ConnectionPool("psycopg", conninfo, **kwargs)  # type: ignore[no-untyped-call]
+        pool = adbapi.ConnectionPool("psycopg", conninfo, **kwargs)
         return cls(pool, "postgres")
 
     def _interaction(self, txn: adbapi.Transaction, fn: Callable[[Cursor], T], readonly: bool) -> T:
@@ -156,7 +156,7 @@ class Database:
         attempt = 1
         while True:
             try:
-                result: T = await self._pool.runInteraction(self._interaction, fn, readonly)  # type: ignore[no-untyped-call]
+                result: T = await self._pool.runInteraction(self._interaction, fn, readonly)
                 return result
             except Exception as e:
                 if attempt < _ATTEMPTS and _retryable(e):
@@ -177,4 +177,4 @@ class Database:
 
     def close(self) -> None:
         """Stop the pool's threads and close its connections."""
-        self._pool.close()  # type: ignore[no-untyped-call]
+        self._pool.close()

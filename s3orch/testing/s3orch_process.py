@@ -58,16 +58,22 @@ class S3OrchProcess:
     def start(self, timeout: float = 30.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.config_path.write_text(yaml.safe_dump(self.config))
-        log = open(self.log_path, "ab")
         env = {**os.environ, **self.env}
-        self.process = subprocess.Popen(
-            [*twistd_command(), "-n", "--pidfile=", "s3orch", "--config", str(self.config_path)],
-            cwd=self.workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        log.close()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [
+                    *twistd_command(),
+                    "-n",
+                    "--pidfile=",
+                    "s3orch",
+                    "--config",
+                    str(self.config_path),
+                ],
+                cwd=self.workdir,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
         self.wait_healthy(timeout)
 
     def health(self) -> dict[str, Any]:
@@ -117,12 +123,19 @@ class S3OrchProcess:
             self.process = None
 
 
-def local_config(workdir: Path, quotas: tuple[int, ...] = (0, 0), strategy: str = "pack") -> dict[str, Any]:
+def local_config(
+    workdir: Path, quotas: tuple[int, ...] = (0, 0), strategy: str = "pack"
+) -> dict[str, Any]:
     """A config with local-directory backends and one bucket ``test`` (plus ``other``)."""
     return {
         "database": {"driver": "sqlite", "path": str(workdir / "meta.db")},
         "backends": [
-            {"name": f"local{i + 1}", "type": "local", "path": str(workdir / f"b{i + 1}"), "quota_bytes": q}
+            {
+                "name": f"local{i + 1}",
+                "type": "local",
+                "path": str(workdir / f"b{i + 1}"),
+                "quota_bytes": q,
+            }
             for i, q in enumerate(quotas)
         ],
         "routing_strategy": strategy,
