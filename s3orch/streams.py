@@ -163,10 +163,14 @@ class PushStream:
         self._wake()
 
     def _maybe_pause(self) -> None:
-        if self._buffered >= self.high_water and not self._paused and not self._ended:
+        if (
+            self._producer is not None
+            and self._buffered >= self.high_water
+            and not self._paused
+            and not self._ended
+        ):
             self._paused = True
-            if self._producer is not None:
-                self._producer.pauseProducing()
+            self._producer.pauseProducing()
 
     def _wake(self) -> None:
         waiter, self._waiter = self._waiter, None
