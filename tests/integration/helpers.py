@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
+import http.client
+import time
 from typing import Any
 
 import boto3
 from botocore.config import Config as BotoConfig
 
-from s3orch.testing.s3orch_process import DEMO_ACCESS_KEY, DEMO_SECRET_KEY
+from s3orch.sigv4 import sign_request
+from s3orch.testing.s3orch_process import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, S3OrchProcess
 
 
 def boto_client(
@@ -25,3 +29,58 @@ def boto_client(
             retries={"max_attempts": 1, "mode": "standard"},
         ),
     )
+
+
+def raw_request(
+    server: S3OrchProcess,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    try:
+        has_host = any(name.lower() == "host" for name in headers or {})
+        conn.putrequest(method, path, skip_host=has_host, skip_accept_encoding=True)
+        names = {name.lower() for name in headers or {}}
+        if body and not names & {"content-length", "transfer-encoding"}:
+            conn.putheader("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            conn.putheader(name, value)
+        conn.endheaders(body or None)
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
+
+
+def signed_request(
+    server: S3OrchProcess,
+    method: str,
+    path: str,
+    body: bytes = b"",
+    *,
+    payload_hash: str | None = None,
+    now: float | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, dict[str, str], bytes]:
+    """A SigV4-signed request sent exactly as written (path and query are not re-encoded).
+
+    Signed with s3orch's own signer, which the unit tests prove identical to
+    botocore's, because botocore cannot sign a deliberately wrong payload hash
+    or a chosen time.
+    """
+    all_headers = {"host": f"127.0.0.1:{server.port}", **(headers or {})}
+    all_headers.update(
+        sign_request(
+            method,
+            server.endpoint + path,
+            all_headers,
+            payload_hash or hashlib.sha256(body).hexdigest(),
+            DEMO_ACCESS_KEY,
+            DEMO_SECRET_KEY,
+            "us-east-1",
+            time.time() if now is None else now,
+        )
+    )
+    return raw_request(server, method, path, body, all_headers)

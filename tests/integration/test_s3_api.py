@@ -3,57 +3,23 @@
 from __future__ import annotations
 
 import hashlib
-import http.client
 import os
 import secrets
 import urllib.error
 import urllib.request
-from urllib.parse import quote
 from typing import Any
+from urllib.parse import quote
 
 import pytest
-from botocore.auth import S3SigV4Auth
-from botocore.awsrequest import AWSRequest
-from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
 
-from s3orch.testing.s3orch_process import DEMO_ACCESS_KEY, DEMO_SECRET_KEY, S3OrchProcess
-from tests.integration.helpers import boto_client
+from s3orch.testing.s3orch_process import S3OrchProcess
+from tests.integration.helpers import boto_client, raw_request, signed_request
 
 
 def error_code(excinfo: pytest.ExceptionInfo[ClientError]) -> str:
     code: str = excinfo.value.response["Error"]["Code"]
     return code
-
-
-def raw_request(
-    server: S3OrchProcess,
-    method: str,
-    path: str,
-    body: bytes = b"",
-    headers: dict[str, str] | None = None,
-) -> tuple[int, dict[str, str], bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
-    try:
-        conn.putrequest(method, path, skip_accept_encoding=True)
-        for name, value in (headers or {}).items():
-            conn.putheader(name, value)
-        conn.endheaders(body or None)
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
-
-
-def signed_request(
-    server: S3OrchProcess, method: str, path: str, body: bytes = b""
-) -> tuple[int, dict[str, str], bytes]:
-    """A request signed by botocore's SigV4 signer but sent exactly as written."""
-    request = AWSRequest(method=method, url=server.endpoint + path, data=body)
-    request.headers["x-amz-content-sha256"] = hashlib.sha256(body).hexdigest()
-    credentials = Credentials(DEMO_ACCESS_KEY, DEMO_SECRET_KEY)
-    S3SigV4Auth(credentials, "s3", "us-east-1").add_auth(request)
-    return raw_request(server, method, path, body, dict(request.prepare().headers))
 
 
 def test_put_get_round_trip_with_md5_etag(s3: Any, key: str) -> None:

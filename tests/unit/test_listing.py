@@ -84,6 +84,8 @@ def test_marker_on_a_common_prefix_skips_it() -> None:
     delimiter=st.sampled_from(["", "/", "b"]),
     max_keys=st.integers(min_value=1, max_value=5),
 )
-def test_paging_lists_every_entry_once(keys: list[str], prefix: str, delimiter: str, max_keys: int) -> None:
+def test_paging_lists_every_entry_once(
+    keys: list[str], prefix: str, delimiter: str, max_keys: int
+) -> None:
     """Walking all pages yields exactly the entries S3 would list, each once, in order."""
     assert _walk(keys, prefix, delimiter, max_keys) == _expected(keys, prefix, delimiter)

@@ -32,7 +32,9 @@ def test_parse_range(header: str | None, size: int, expected: tuple[int, int] | 
     assert parse_range(header, size) == expected
 
 
-@pytest.mark.parametrize(("header", "size"), [("bytes=10-", 10), ("bytes=10-20", 10), ("bytes=-0", 10), ("bytes=0-0", 0)])
+@pytest.mark.parametrize(
+    ("header", "size"), [("bytes=10-", 10), ("bytes=10-20", 10), ("bytes=-0", 10), ("bytes=0-0", 0)]
+)
 def test_unsatisfiable(header: str, size: int) -> None:
     """Ranges starting at or past the end are 416 InvalidRange."""
     with pytest.raises(S3Error) as excinfo:

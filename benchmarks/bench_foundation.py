@@ -1,0 +1,668 @@
+"""Foundation benchmark: s3orch against the backend it fronts, side by side, in one run.
+
+Why: s3orch sits in the data path of every byte, so its cost has to be known as a
+ratio against talking to the same backend directly, on the same machine, in the
+same run (absolute figures from different machines or runs say little). It also
+has to stream: the peak memory while moving a 1 GiB object must stay bounded.
+
+Run on demand, never from the test suite::
+
+    python benchmarks/bench_foundation.py            # full run, about 2-3 minutes
+    python benchmarks/bench_foundation.py --quick    # smoke run, about 30 s
+    python benchmarks/bench_foundation.py --backend local --skip-1g --json out.json
+
+Every server runs in its own process on a free 127.0.0.1 port (moto's server
+mode as the S3 backend, ``twistd -n s3orch`` in front of it); all processes and
+temporary files are removed at the end, on failure and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import boto3
+from botocore.config import Config as BotoConfig
+
+from s3orch.testing.moto_server import MotoServer
+from s3orch.testing.s3orch_process import S3OrchProcess
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+ACCESS_KEY = "AKIAS3ORCHBENCH00001"
+SECRET_KEY = "s3orch-bench-secret"
+VIRTUAL_BUCKET = "bench"
+BACKEND_BUCKET = "s3orch-backend"  # the moto bucket s3orch writes to
+DIRECT_BUCKET = "direct"  # the moto bucket the baseline writes to
+REGION = "us-east-1"
+READ_CHUNK = 1 * MiB
+FILE_CHUNK = 8 * MiB
+
+TARGET_SMALL = 0.5
+TARGET_LARGE = 0.7
+TARGET_RSS_MB = 150.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What one run measures; ``--quick`` only shrinks the counts."""
+
+    backend: str
+    small_ops: int
+    small_size: int
+    concurrency: int
+    large_size: int
+    large_reps: int
+    huge_size: int
+    skip_huge: bool
+    json_path: str | None
+
+
+@dataclass
+class Row:
+    """One line of the result table; ``direct`` is None where there is no baseline."""
+
+    operation: str
+    unit: str
+    direct: float | None
+    s3orch: float
+    target: float | None
+    kind: str  # "ratio": s3orch/direct >= target; "max": s3orch <= target; "info"
+    samples: dict[str, list[float]] = field(default_factory=dict)
+
+    @property
+    def ratio(self) -> float | None:
+        if self.direct is None or self.direct == 0:
+            return None
+        return self.s3orch / self.direct
+
+    @property
+    def passed(self) -> bool | None:
+        if self.target is None:
+            return None
+        if self.kind == "ratio":
+            return self.ratio is not None and self.ratio >= self.target
+        return self.s3orch <= self.target
+
+
+# -- clients and targets -------------------------------------------------------------------
+
+
+def s3_client(endpoint: str, access_key: str, secret_key: str) -> Any:
+    """A fresh boto3 client; boto3 clients are not to be shared between threads."""
+    session = boto3.session.Session()
+    return session.client(
+        "s3",
+        endpoint_url=endpoint,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        region_name=REGION,
+        config=BotoConfig(
+            signature_version="s3v4",
+            s3={"addressing_style": "path"},
+            retries={"max_attempts": 1, "mode": "standard"},
+            max_pool_connections=4,
+            connect_timeout=10,
+            read_timeout=300,
+        ),
+    )
+
+
+class Target:
+    """Somewhere objects are put and got: an S3 endpoint, or a plain directory."""
+
+    label = ""
+
+    def new_worker(self) -> Worker:
+        raise NotImplementedError
+
+
+class Worker:
+    """One client (one thread's worth); S3 workers hold their own boto3 client."""
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        raise NotImplementedError
+
+    def put_file(self, key: str, path: Path) -> None:
+        raise NotImplementedError
+
+    def get(self, key: str) -> int:
+        """Read the object in chunks, dropping them; return the byte count."""
+        raise NotImplementedError
+
+    def get_bytes(self, key: str) -> bytes:
+        raise NotImplementedError
+
+
+class S3Target(Target):
+    def __init__(self, label: str, endpoint: str, bucket: str, access: str, secret: str) -> None:
+        self.label = label
+        self.endpoint = endpoint
+        self.bucket = bucket
+        self.access = access
+        self.secret = secret
+
+    def new_worker(self) -> Worker:
+        return S3Worker(s3_client(self.endpoint, self.access, self.secret), self.bucket)
+
+
+class S3Worker(Worker):
+    def __init__(self, client: Any, bucket: str) -> None:
+        self.client = client
+        self.bucket = bucket
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        # botocore reads the file to sign it, rewinds, then streams it: never whole in memory.
+        with path.open("rb") as body:
+            self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=body, ContentLength=path.stat().st_size
+            )
+
+    def get(self, key: str) -> int:
+        body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        total = 0
+        try:
+            for chunk in body.iter_chunks(READ_CHUNK):
+                total += len(chunk)
+        finally:
+            body.close()
+        return total
+
+    def get_bytes(self, key: str) -> bytes:
+        data: bytes = self.client.get_object(Bucket=self.bucket, Key=key)["Body"].read()
+        return data
+
+
+class DirectoryTarget(Target):
+    """The ``--backend local`` baseline: plain file writes and reads, no fsync, no HTTP."""
+
+    def __init__(self, root: Path) -> None:
+        self.label = "direct (plain files)"
+        self.root = root
+
+    def new_worker(self) -> Worker:
+        return DirectoryWorker(self.root)
+
+
+class DirectoryWorker(Worker):
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _path(self, key: str) -> Path:
+        path = self.root / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        with self._path(key).open("wb") as f:
+            f.write(data)
+
+    def put_file(self, key: str, path: Path) -> None:
+        shutil.copyfile(path, self._path(key))
+
+    def get(self, key: str) -> int:
+        total = 0
+        with (self.root / key).open("rb") as f:
+            while chunk := f.read(READ_CHUNK):
+                total += len(chunk)
+        return total
+
+    def get_bytes(self, key: str) -> bytes:
+        return (self.root / key).read_bytes()
+
+
+# -- measurements --------------------------------------------------------------------------
+
+
+def run_concurrent(
+    target: Target,
+    concurrency: int,
+    count: int,
+    op: Callable[[Worker, int], None],
+    stop: threading.Event,
+) -> float:
+    """Run ``op`` ``count`` times spread over ``concurrency`` threads; return ops/s.
+
+    Clients are created and warmed up (one untimed op each) before the clock
+    starts, so connection setup and botocore's lazy loading are not measured.
+    """
+    workers = [target.new_worker() for _ in range(concurrency)]
+    shares = [range(i, count, concurrency) for i in range(concurrency)]
+    barrier = threading.Barrier(concurrency + 1)
+
+    def run(worker: Worker, indices: range) -> None:
+        try:
+            op(worker, indices[0])  # warm-up, repeated inside the timed run
+        finally:
+            barrier.wait()
+        for i in indices:
+            if stop.is_set():
+                return
+            op(worker, i)
+
+    with ThreadPoolExecutor(max_workers=concurrency) as pool:
+        try:
+            futures = [pool.submit(run, w, s) for w, s in zip(workers, shares, strict=True)]
+            barrier.wait()
+            start = time.perf_counter()
+            for f in futures:
+                f.result()
+            elapsed = time.perf_counter() - start
+        except BaseException:
+            stop.set()
+            barrier.abort()
+            raise
+    return count / elapsed
+
+
+def small_objects(target: Target, settings: Settings, stop: threading.Event) -> tuple[float, float]:
+    """1 KiB PUT then GET ops/s with ``concurrency`` clients; GET checks each body."""
+    payload = os.urandom(settings.small_size)
+
+    def put(worker: Worker, i: int) -> None:
+        worker.put_bytes(f"small/{i:06d}", payload)
+
+    def get(worker: Worker, i: int) -> None:
+        if worker.get_bytes(f"small/{i:06d}") != payload:
+            raise RuntimeError(f"{target.label}: small/{i:06d} came back different")
+
+    put_rate = run_concurrent(target, settings.concurrency, settings.small_ops, put, stop)
+    get_rate = run_concurrent(target, settings.concurrency, settings.small_ops, get, stop)
+    return put_rate, get_rate
+
+
+def large_objects(target: Target, path: Path, reps: int) -> tuple[list[float], list[float]]:
+    """MB/s (10**6 bytes/s) of sequential PUTs and GETs of one large object, per repetition."""
+    worker = target.new_worker()
+    size = path.stat().st_size
+    worker.put_file("warmup", path)  # untimed: first large body, socket buffers, lazy imports
+    puts: list[float] = []
+    gets: list[float] = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        worker.put_file("large", path)
+        puts.append(size / (time.perf_counter() - start) / 1e6)
+    for _ in range(reps):
+        start = time.perf_counter()
+        got = worker.get("large")
+        gets.append(size / (time.perf_counter() - start) / 1e6)
+        if got != size:
+            raise RuntimeError(f"{target.label}: GET returned {got} of {size} bytes")
+    return puts, gets
+
+
+def proc_status_kib(pid: int, field_name: str) -> int:
+    """A ``VmHWM``/``VmRSS`` figure of ``pid`` in KiB, from /proc/<pid>/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field_name + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no {field_name} for pid {pid}")
+
+
+def huge_object(
+    orch: S3OrchProcess, target: Target, path: Path
+) -> tuple[dict[str, float], float, float]:
+    """s3orch's VmHWM (MB) after start, after a PUT and after a GET of ``path``; plus MB/s."""
+    assert orch.process is not None
+    pid = orch.process.pid
+    worker = target.new_worker()
+    size = path.stat().st_size
+    rss = {"after start": proc_status_kib(pid, "VmHWM") / 1024}
+    start = time.perf_counter()
+    worker.put_file("huge", path)
+    put_rate = size / (time.perf_counter() - start) / 1e6
+    rss["after 1 GiB PUT"] = proc_status_kib(pid, "VmHWM") / 1024
+    start = time.perf_counter()
+    got = worker.get("huge")
+    get_rate = size / (time.perf_counter() - start) / 1e6
+    rss["after 1 GiB GET"] = proc_status_kib(pid, "VmHWM") / 1024
+    if got != size:
+        raise RuntimeError(f"s3orch: GET returned {got} of {size} bytes")
+    return rss, put_rate, get_rate
+
+
+def random_file(path: Path, size: int) -> Path:
+    """A file of ``size`` random bytes, written in chunks so it is never whole in memory."""
+    with path.open("wb") as f:
+        left = size
+        while left > 0:
+            n = min(FILE_CHUNK, left)
+            f.write(os.urandom(n))
+            left -= n
+    return path
+
+
+# -- setup ---------------------------------------------------------------------------------
+
+
+def s3orch_config(workdir: Path, backend: dict[str, Any]) -> dict[str, Any]:
+    """One backend, SQLite metadata, one bucket with one key pair."""
+    return {
+        "database": {"driver": "sqlite", "path": str(workdir / "meta.db")},
+        "backends": [backend],
+        "buckets": [
+            {
+                "name": VIRTUAL_BUCKET,
+                "credentials": [{"access_key_id": ACCESS_KEY, "secret_access_key": SECRET_KEY}],
+            }
+        ],
+    }
+
+
+def backend_entry(settings: Settings, workdir: Path, moto: MotoServer | None) -> dict[str, Any]:
+    if settings.backend == "local":
+        return {
+            "name": "local1",
+            "type": "local",
+            "path": str(workdir / "backend"),
+            "quota_bytes": 0,
+        }
+    assert moto is not None
+    return {
+        "name": "moto",
+        "type": "s3",
+        "endpoint": moto.endpoint,
+        "region": REGION,
+        "bucket": BACKEND_BUCKET,
+        "access_key_id": moto.access_key,
+        "secret_access_key": moto.secret_key,
+        "force_path_style": True,
+        "quota_bytes": 0,
+    }
+
+
+@contextlib.contextmanager
+def started_s3orch(workdir: Path, config: dict[str, Any]) -> Iterator[S3OrchProcess]:
+    """A running s3orch, stopped by its pid however the block ends."""
+    orch = S3OrchProcess(workdir, config)
+    try:
+        orch.start()
+        yield orch
+    finally:
+        orch.stop()
+
+
+@contextlib.contextmanager
+def interrupt_on_sigterm() -> Iterator[None]:
+    """Treat SIGTERM like Ctrl-C so that the cleanup in ``finally`` blocks runs."""
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+# -- report --------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def print_table(rows: list[Row], direct_label: str) -> None:
+    headers = ["operation", "unit", direct_label, "s3orch", "ratio", "target", "result"]
+    lines = []
+    for row in rows:
+        if row.kind == "ratio":
+            target = f">= {row.target:g}"
+        elif row.kind == "max":
+            target = f"< {row.target:g} MB"
+        else:
+            target = "-"
+        result = {True: "PASS", False: "FAIL", None: "-"}[row.passed]
+        ratio = fmt(row.ratio, 2)
+        lines.append(
+            [row.operation, row.unit, fmt(row.direct), fmt(row.s3orch), ratio, target, result]
+        )
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *lines, strict=True)]
+    sep = "  "
+    print(sep.join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
+    print(sep.join("-" * w for w in widths))
+    for line in lines:
+        cells = [line[0].ljust(widths[0]), line[1].ljust(widths[1])]
+        cells += [c.rjust(w) for c, w in zip(line[2:], widths[2:], strict=True)]
+        print(sep.join(cells))
+
+
+def machine_info() -> dict[str, Any]:
+    cpu_model = ""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    mem_total = 0
+    with contextlib.suppress(OSError, ValueError):
+        mem_total = proc_meminfo_kib("MemTotal")
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": cpu_model,
+        "mem_total_gib": round(mem_total / MiB, 1),
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+    }
+
+
+def proc_meminfo_kib(name: str) -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith(name + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# -- main ----------------------------------------------------------------------------------
+
+
+def run(settings: Settings) -> dict[str, Any]:
+    """Start everything, measure, stop everything; return the raw figures."""
+    began = time.perf_counter()
+    stop = threading.Event()
+    rows: list[Row] = []
+    extra: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack:
+        tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="s3orch-bench-")))
+        moto: MotoServer | None = None
+        direct: Target
+        if settings.backend == "s3":
+            log("starting moto server")
+            moto = MotoServer(region=REGION)
+            stack.callback(moto.stop)
+            moto.start()
+            moto.make_bucket(BACKEND_BUCKET)
+            moto.make_bucket(DIRECT_BUCKET)
+            direct = S3Target(
+                "direct (moto)", moto.endpoint, DIRECT_BUCKET, moto.access_key, moto.secret_key
+            )
+        else:
+            direct = DirectoryTarget(tmp / "direct")
+
+        config = s3orch_config(tmp, backend_entry(settings, tmp, moto))
+        log("starting s3orch")
+        orch = stack.enter_context(started_s3orch(tmp / "s3orch", config))
+        via = S3Target("s3orch", orch.endpoint, VIRTUAL_BUCKET, ACCESS_KEY, SECRET_KEY)
+        assert orch.process is not None
+        hwm_start = proc_status_kib(orch.process.pid, "VmHWM") / 1024
+
+        small = settings.small_size // KiB
+        for target in (direct, via):
+            log(f"{target.label}: {settings.small_ops} x {small} KiB PUT+GET")
+            put_rate, get_rate = small_objects(target, settings, stop)
+            extra.setdefault("small", {})[target.label] = {"put": put_rate, "get": get_rate}
+        sd, so = extra["small"][direct.label], extra["small"][via.label]
+        c = settings.concurrency
+        rows.append(
+            Row(f"PUT {small} KiB x{c}", "ops/s", sd["put"], so["put"], TARGET_SMALL, "ratio")
+        )
+        rows.append(
+            Row(f"GET {small} KiB x{c}", "ops/s", sd["get"], so["get"], TARGET_SMALL, "ratio")
+        )
+
+        large_mib = settings.large_size // MiB
+        log(f"writing a {large_mib} MiB random file")
+        large_path = random_file(tmp / "large.bin", settings.large_size)
+        large: dict[str, tuple[list[float], list[float]]] = {}
+        for target in (direct, via):
+            log(f"{target.label}: {settings.large_reps} x {large_mib} MiB PUT, then GET")
+            large[target.label] = large_objects(target, large_path, settings.large_reps)
+        large_path.unlink()
+        for i, op in enumerate(("PUT", "GET")):
+            d_samples, o_samples = large[direct.label][i], large[via.label][i]
+            rows.append(
+                Row(
+                    f"{op} {large_mib} MiB (median of {settings.large_reps})",
+                    "MB/s",
+                    statistics.median(d_samples),
+                    statistics.median(o_samples),
+                    TARGET_LARGE,
+                    "ratio",
+                    {"direct": d_samples, "s3orch": o_samples},
+                )
+            )
+        hwm_after_throughput = proc_status_kib(orch.process.pid, "VmHWM") / 1024
+        extra["s3orch_vmhwm_mb_throughput_process"] = {
+            "after start": hwm_start,
+            "after 1 KiB and large phases": hwm_after_throughput,
+        }
+        rows.append(Row("s3orch VmHWM after start", "MB", None, hwm_start, None, "info"))
+        rows.append(
+            Row(
+                f"s3orch VmHWM after {large_mib} MiB phase",
+                "MB",
+                None,
+                hwm_after_throughput,
+                None,
+                "info",
+            )
+        )
+
+        if not settings.skip_huge:
+            huge_gib = settings.huge_size / GiB
+            log(f"writing a {huge_gib:g} GiB random file")
+            huge_path = random_file(tmp / "huge.bin", settings.huge_size)
+            # A fresh s3orch, so that its high-water mark covers this transfer alone.
+            log("restarting s3orch for the peak-RSS measurement")
+            orch.stop()
+            with started_s3orch(tmp / "s3orch", config) as fresh:
+                via = S3Target("s3orch", fresh.endpoint, VIRTUAL_BUCKET, ACCESS_KEY, SECRET_KEY)
+                log(f"s3orch: {huge_gib:g} GiB PUT then GET, body streamed to nowhere")
+                rss, put_rate, get_rate = huge_object(fresh, via, huge_path)
+            huge_path.unlink()
+            extra["s3orch_vmhwm_mb_huge_process"] = rss
+            for when, value in rss.items():
+                kind, target = ("info", None) if when == "after start" else ("max", TARGET_RSS_MB)
+                rows.append(Row(f"s3orch VmHWM {when}", "MB", None, value, target, kind))
+            rows.append(Row(f"PUT {huge_gib:g} GiB", "MB/s", None, put_rate, None, "info"))
+            rows.append(Row(f"GET {huge_gib:g} GiB", "MB/s", None, get_rate, None, "info"))
+
+    elapsed = time.perf_counter() - began
+    return {
+        "machine": machine_info(),
+        "settings": asdict(settings),
+        "direct_baseline": direct.label,
+        "elapsed_s": round(elapsed, 1),
+        "rows": [
+            {
+                **{k: v for k, v in asdict(row).items() if k != "samples" or v},
+                "ratio": row.ratio,
+                "passed": row.passed,
+            }
+            for row in rows
+        ],
+        "raw": extra,
+        "_rows": rows,
+    }
+
+
+def parse_args(argv: list[str] | None = None) -> Settings:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--backend", choices=("s3", "local"), default="s3")
+    parser.add_argument("--quick", action="store_true", help="smaller counts: a ~30 s smoke run")
+    parser.add_argument("--skip-1g", action="store_true", help="skip the 1 GiB peak-RSS phase")
+    parser.add_argument("--json", metavar="PATH", help="write the raw figures here, not stdout")
+    parser.add_argument("--small-ops", type=int, help="1 KiB ops per phase (default 2000)")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--large-reps", type=int, help="64 MiB repetitions (default 3)")
+    args = parser.parse_args(argv)
+    return Settings(
+        backend=args.backend,
+        small_ops=args.small_ops or (400 if args.quick else 2000),
+        small_size=1 * KiB,
+        concurrency=args.concurrency,
+        large_size=(16 if args.quick else 64) * MiB,
+        large_reps=args.large_reps or (2 if args.quick else 3),
+        huge_size=(256 * MiB if args.quick else 1 * GiB),
+        skip_huge=args.skip_1g,
+        json_path=args.json,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    try:
+        with interrupt_on_sigterm():
+            result = run(settings)
+    except KeyboardInterrupt:
+        log("interrupted; everything started has been stopped")
+        return 130
+    rows: list[Row] = result.pop("_rows")
+    machine = result["machine"]
+    print()
+    print(
+        f"s3orch foundation benchmark - backend: {settings.backend}; "
+        f"{machine['cpu_count']} CPUs ({machine['cpu_model'] or 'unknown'}), "
+        f"{machine['mem_total_gib']} GiB RAM, Python {machine['python']}, {machine['platform']}"
+    )
+    if settings.backend == "local":
+        print(
+            "baseline: plain file write/read of the same bytes in a local directory "
+            "(no HTTP, no fsync); s3orch's local backend fsyncs each file and its directory"
+        )
+    else:
+        print(
+            "baseline: boto3 straight to the same moto server (another bucket); "
+            "clients, moto and s3orch share this machine's CPUs"
+        )
+    print()
+    print_table(rows, result["direct_baseline"])
+    print()
+    print(f"elapsed: {result['elapsed_s']} s")
+    text = json.dumps(result, indent=2)
+    if settings.json_path:
+        Path(settings.json_path).write_text(text + "\n")
+        print(f"raw figures written to {settings.json_path}")
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

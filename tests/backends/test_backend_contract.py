@@ -1,0 +1,305 @@
+"""The IBackend contract, run against every implementation (local directory, S3 on moto)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_twisted
+from twisted.internet.defer import Deferred, gatherResults
+
+from s3orch.backends.interface import (
+    BackendError,
+    BackendNotFound,
+    BackendObject,
+    IBackend,
+)
+
+MiB = 1024 * 1024
+
+# Keys that break naive mappings: S3-encoding specials, dot segments, empty
+# segments, unicode, and 1024-byte keys (ASCII, 2-byte UTF-8, and all folders).
+EDGE_KEYS = [
+    "plain",
+    "with space",
+    "plus+sign",
+    "percent%20literal",
+    "%",
+    "..",
+    "../escape",
+    "a/../../b",
+    "./dot",
+    ".hidden",
+    "a//b",
+    "/leading",
+    "trailing/",
+    "question?mark",
+    "hash#tag",
+    "tilde~",
+    "amp&eq=semi;colon:at@",
+    "star*quote'paren()!$,",
+    "back\\slash",
+    'dq"<xml>&amp;',
+    "unicode/été/日本語/😀",
+    "dir",
+    "dir/child",
+    "dir=",
+    "dir+",
+    "a" * 1024,
+    "é" * 512,
+    "x/" * 512,
+]
+
+
+async def chunks_of(data: bytes, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), size):
+        yield data[i : i + size]
+
+
+async def generated(length: int, size: int = 64 * 1024) -> AsyncIterator[bytes]:
+    """``length`` deterministic bytes, made chunk by chunk (never held whole)."""
+    block = bytes(range(256)) * (size // 256)
+    sent = 0
+    while sent < length:
+        piece = block[: min(size, length - sent)]
+        sent += len(piece)
+        yield piece
+
+
+class SourceFailed(Exception):
+    """The body source broke, as a client upload might."""
+
+
+async def failing_after(data: bytes, at: int) -> AsyncIterator[bytes]:
+    yield data[:at]
+    raise SourceFailed()
+
+
+async def read(backend: IBackend, key: str, start: int = 0, end: int | None = None) -> bytes:
+    opened = await backend.get(key, start, end)
+    data = b"".join([chunk async for chunk in opened.body])
+    assert len(data) == opened.length
+    return data
+
+
+async def listed(backend: IBackend, prefix: str = "") -> list[BackendObject]:
+    return [item async for item in backend.list(prefix)]
+
+
+async def assert_absent(backend: IBackend, key: str) -> None:
+    assert await backend.head(key) is None
+    with pytest.raises(BackendNotFound):
+        await backend.get(key)
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_then_get_returns_the_bytes(backend: IBackend) -> None:
+    """What is put comes back byte for byte, with its size."""
+    data = b"hello, backend"
+    await backend.put("k", chunks_of(data, 4), len(data))
+    opened = await backend.get("k")
+    assert (opened.start, opened.length, opened.total_size) == (0, len(data), len(data))
+    assert b"".join([c async for c in opened.body]) == data
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "expected"),
+    [(0, 0, b"0"), (3, 6, b"3456"), (5, None, b"56789"), (0, None, b"0123456789"), (9, 9, b"9")],
+)
+@pytest_twisted.ensureDeferred
+async def test_get_range(backend: IBackend, start: int, end: int | None, expected: bytes) -> None:
+    """A range read returns exactly bytes start..end inclusive, and says where it starts."""
+    await backend.put("r", chunks_of(b"0123456789"), 10)
+    opened = await backend.get("r", start, end)
+    assert (opened.start, opened.length, opened.total_size) == (start, len(expected), 10)
+    assert b"".join([c async for c in opened.body]) == expected
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_range_past_the_end_is_clamped(backend: IBackend) -> None:
+    """An end beyond the object stops at its last byte."""
+    await backend.put("r", chunks_of(b"0123456789"), 10)
+    assert await read(backend, "r", 7, 1000) == b"789"
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_range_starting_past_the_end_fails(backend: IBackend) -> None:
+    """A range that starts after the last byte is a BackendError (not a silent empty read)."""
+    await backend.put("r", chunks_of(b"0123456789"), 10)
+    with pytest.raises(BackendError):
+        await backend.get("r", 10, None)
+
+
+@pytest_twisted.ensureDeferred
+async def test_empty_object(backend: IBackend) -> None:
+    """A zero-byte object can be stored, described and read."""
+    await backend.put("empty", chunks_of(b""), 0)
+    head = await backend.head("empty")
+    assert head is not None and head.size == 0
+    assert await read(backend, "empty") == b""
+
+
+@pytest_twisted.ensureDeferred
+async def test_head_describes_an_object_and_misses_cleanly(backend: IBackend) -> None:
+    """head() gives key and size of an object, None for a missing key."""
+    await backend.put("h", chunks_of(b"12345"), 5)
+    head = await backend.head("h")
+    assert head is not None and (head.key, head.size) == ("h", 5)
+    assert await backend.head("nope") is None
+
+
+@pytest_twisted.ensureDeferred
+async def test_get_missing_key_raises_not_found(backend: IBackend) -> None:
+    """Reading a key that was never stored raises BackendNotFound."""
+    with pytest.raises(BackendNotFound):
+        await backend.get("never/stored")
+
+
+@pytest_twisted.ensureDeferred
+async def test_delete_removes_and_is_idempotent(backend: IBackend) -> None:
+    """delete() removes the object; deleting again, or a key never stored, succeeds."""
+    await backend.put("d/x", chunks_of(b"x"), 1)
+    await backend.delete("d/x")
+    await assert_absent(backend, "d/x")
+    await backend.delete("d/x")
+    await backend.delete("never/stored")
+
+
+@pytest_twisted.ensureDeferred
+async def test_put_overwrites(backend: IBackend) -> None:
+    """A second put under the same key replaces the first."""
+    await backend.put("o", chunks_of(b"first version"), 13)
+    await backend.put("o", chunks_of(b"second"), 6)
+    assert await read(backend, "o") == b"second"
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_yields_keys_in_order_filtered_by_prefix(backend: IBackend) -> None:
+    """list() yields every object under a prefix, in (UTF-8 byte) key order, with sizes."""
+    keys = ["b/2", "a/1", "a-z", "a/0/deep", "b/10", "c", "a", "é", "z"]
+    for key in keys:
+        await backend.put(key, chunks_of(key.encode()), len(key.encode()))
+    everything = await listed(backend)
+    assert [o.key for o in everything] == sorted(keys, key=lambda k: k.encode())
+    assert all(o.size == len(o.key.encode()) for o in everything)
+    assert [o.key for o in await listed(backend, "a/")] == ["a/0/deep", "a/1"]
+    assert [o.key for o in await listed(backend, "a")] == ["a", "a-z", "a/0/deep", "a/1"]
+    assert [o.key for o in await listed(backend, "b/1")] == ["b/10"]
+    assert await listed(backend, "nothing-here") == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_list_of_an_empty_backend_is_empty(backend: IBackend) -> None:
+    """A backend with nothing stored lists nothing."""
+    assert await listed(backend) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_edge_case_keys_round_trip(backend: IBackend) -> None:
+    """Hostile and unusual keys store, read, describe, list and delete as themselves."""
+    for i, key in enumerate(EDGE_KEYS):
+        data = f"{i}:".encode() + key.encode()
+        await backend.put(key, chunks_of(data), len(data))
+    for i, key in enumerate(EDGE_KEYS):
+        data = f"{i}:".encode() + key.encode()
+        assert await read(backend, key) == data, key
+        head = await backend.head(key)
+        assert head is not None and head.size == len(data), key
+    assert [o.key for o in await listed(backend)] == sorted(EDGE_KEYS, key=lambda k: k.encode())
+    assert [o.key for o in await listed(backend, "dir")] == ["dir", "dir+", "dir/child", "dir="]
+    for key in EDGE_KEYS:
+        await backend.delete(key)
+    assert await listed(backend) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_source_failing_half_way_stores_nothing(backend: IBackend) -> None:
+    """If the body source raises, its own error propagates and no object is left."""
+    data = b"x" * (3 * MiB)
+    with pytest.raises(SourceFailed):
+        await backend.put("half", failing_after(data, MiB), len(data))
+    await assert_absent(backend, "half")
+    assert await listed(backend) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_overwrite_keeps_the_previous_object(backend: IBackend) -> None:
+    """A put that fails leaves the object it would have replaced untouched."""
+    await backend.put("keep", chunks_of(b"original"), 8)
+    with pytest.raises(SourceFailed):
+        await backend.put("keep", failing_after(b"replacement", 4), 11)
+    assert await read(backend, "keep") == b"original"
+
+
+@pytest_twisted.ensureDeferred
+async def test_source_failing_after_its_last_byte_stores_nothing(backend: IBackend) -> None:
+    """A source that yields every byte and then raises (a late digest check) stores nothing."""
+    with pytest.raises(SourceFailed):
+        await backend.put("late", failing_after(b"complete", 8), 8)
+    await assert_absent(backend, "late")
+
+
+@pytest_twisted.ensureDeferred
+async def test_short_source_stores_nothing(backend: IBackend) -> None:
+    """A source that yields fewer bytes than declared fails with BackendError, storing nothing."""
+    with pytest.raises(BackendError):
+        await backend.put("short", chunks_of(b"x" * 1000), 2000)
+    await assert_absent(backend, "short")
+
+
+@pytest_twisted.ensureDeferred
+async def test_long_source_stores_nothing(backend: IBackend) -> None:
+    """A source that yields more bytes than declared fails with BackendError, storing nothing."""
+    with pytest.raises(BackendError):
+        await backend.put("long", chunks_of(b"x" * 2000), 1000)
+    await assert_absent(backend, "long")
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_object_streams_in_bounded_chunks(backend: IBackend) -> None:
+    """A 6 MiB object goes in and comes out as a stream of chunks, never as one buffer."""
+    size = 6 * MiB + 123
+    expected = hashlib.sha256()
+    async for piece in generated(size):
+        expected.update(piece)
+    await backend.put("big", generated(size), size)
+    opened = await backend.get("big")
+    assert opened.length == size
+    digest = hashlib.sha256()
+    count = largest = 0
+    async for chunk in opened.body:
+        digest.update(chunk)
+        count += 1
+        largest = max(largest, len(chunk))
+    assert digest.hexdigest() == expected.hexdigest()
+    assert count > 1 and largest <= MiB + 64 * 1024
+
+
+@pytest_twisted.ensureDeferred
+async def test_aclose_half_way_releases_the_backend(backend: IBackend) -> None:
+    """Closing a read part way frees its connection or file; later calls work."""
+    size = 8 * MiB
+    await backend.put("big", generated(size), size)
+    for _ in range(3):
+        opened = await backend.get("big")
+        first = await opened.body.__anext__()
+        assert first
+        await opened.body.aclose()
+    assert len(await read(backend, "big", size - 10, None)) == 10
+    await backend.put("after", chunks_of(b"still works"), 11)
+    assert await read(backend, "after") == b"still works"
+
+
+@pytest_twisted.ensureDeferred
+async def test_concurrent_puts_and_gets(backend: IBackend) -> None:
+    """Several transfers at once do not mix their bytes."""
+    keys = [f"c/{i}" for i in range(6)]
+
+    async def round_trip(key: str) -> bytes:
+        data = key.encode() * 40_000
+        await backend.put(key, chunks_of(data, 10_000), len(data))
+        return await read(backend, key)
+
+    results = await gatherResults([Deferred.fromCoroutine(round_trip(k)) for k in keys])
+    assert results == [k.encode() * 40_000 for k in keys]
