@@ -23,6 +23,7 @@ setup(
         "test": [
             "pytest>=8",
             "pytest-twisted>=1.14",
+            "pytest-timeout>=2.3",
             "hypothesis>=6.100",
             "moto[server]>=5.0",
             "boto3>=1.34",

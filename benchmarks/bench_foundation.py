@@ -55,6 +55,7 @@ DIRECT_BUCKET = "direct"  # the moto bucket the baseline writes to
 REGION = "us-east-1"
 READ_CHUNK = 1 * MiB
 FILE_CHUNK = 8 * MiB
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 TARGET_SMALL = 0.5
 TARGET_LARGE = 0.7
@@ -63,7 +64,7 @@ TARGET_RSS_MB = 150.0
 
 @dataclass(frozen=True)
 class Settings:
-    """What one run measures; ``--quick`` only shrinks the counts."""
+    """What one run measures; ``--quick`` shrinks counts and sizes (1 GiB becomes 256 MiB)."""
 
     backend: str
     small_ops: int
@@ -235,14 +236,51 @@ class DirectoryWorker(Worker):
 # -- measurements --------------------------------------------------------------------------
 
 
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU time of a process (all its threads) so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+class CpuMeter:
+    """CPU seconds spent by each process of the run, so a phase shows where its time went.
+
+    The benchmark client counts too: boto3 costs milliseconds of CPU per
+    request, and on a small machine the client competes with the servers.
+    """
+
+    def __init__(self, pids: dict[str, int | str]) -> None:
+        self.pids = dict(pids)
+
+    def snapshot(self) -> dict[str, float]:
+        return {name: cpu_seconds(pid) for name, pid in self.pids.items()}
+
+    @staticmethod
+    def since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {name: round(after[name] - before[name], 3) for name in before}
+
+
+@dataclass
+class Phase:
+    """One timed phase: what moved, how long it took, and the CPU each process spent."""
+
+    name: str
+    target: str
+    ops: int
+    nbytes: int
+    wall_s: float
+    cpu_s: dict[str, float]
+
+
 def run_concurrent(
     target: Target,
     concurrency: int,
     count: int,
     op: Callable[[Worker, int], None],
     stop: threading.Event,
-) -> float:
-    """Run ``op`` ``count`` times spread over ``concurrency`` threads; return ops/s.
+    meter: CpuMeter,
+) -> tuple[float, dict[str, float]]:
+    """Run ``op`` ``count`` times spread over ``concurrency`` threads; wall seconds and CPU.
 
     Clients are created and warmed up (one untimed op each) before the clock
     starts, so connection setup and botocore's lazy loading are not measured.
@@ -265,20 +303,25 @@ def run_concurrent(
         try:
             futures = [pool.submit(run, w, s) for w, s in zip(workers, shares, strict=True)]
             barrier.wait()
+            cpu = meter.snapshot()
             start = time.perf_counter()
             for f in futures:
                 f.result()
             elapsed = time.perf_counter() - start
+            cpu = CpuMeter.since(cpu, meter.snapshot())
         except BaseException:
             stop.set()
             barrier.abort()
             raise
-    return count / elapsed
+    return elapsed, cpu
 
 
-def small_objects(target: Target, settings: Settings, stop: threading.Event) -> tuple[float, float]:
-    """1 KiB PUT then GET ops/s with ``concurrency`` clients; GET checks each body."""
+def small_objects(
+    target: Target, settings: Settings, stop: threading.Event, meter: CpuMeter
+) -> list[Phase]:
+    """``small_ops`` PUTs, then as many GETs (each body checked), by ``concurrency`` clients."""
     payload = os.urandom(settings.small_size)
+    size = settings.small_size
 
     def put(worker: Worker, i: int) -> None:
         worker.put_bytes(f"small/{i:06d}", payload)
@@ -287,59 +330,81 @@ def small_objects(target: Target, settings: Settings, stop: threading.Event) -> 
         if worker.get_bytes(f"small/{i:06d}") != payload:
             raise RuntimeError(f"{target.label}: small/{i:06d} came back different")
 
-    put_rate = run_concurrent(target, settings.concurrency, settings.small_ops, put, stop)
-    get_rate = run_concurrent(target, settings.concurrency, settings.small_ops, get, stop)
-    return put_rate, get_rate
+    phases = []
+    for name, op in (("PUT", put), ("GET", get)):
+        wall, cpu = run_concurrent(
+            target, settings.concurrency, settings.small_ops, op, stop, meter
+        )
+        n = settings.small_ops
+        phases.append(Phase(f"{name} {size // KiB} KiB", target.label, n, n * size, wall, cpu))
+    return phases
 
 
-def large_objects(target: Target, path: Path, reps: int) -> tuple[list[float], list[float]]:
+def large_objects(
+    target: Target, path: Path, reps: int, meter: CpuMeter
+) -> tuple[list[float], list[float], list[Phase]]:
     """MB/s (10**6 bytes/s) of sequential PUTs and GETs of one large object, per repetition."""
     worker = target.new_worker()
     size = path.stat().st_size
     worker.put_file("warmup", path)  # untimed: first large body, socket buffers, lazy imports
-    puts: list[float] = []
-    gets: list[float] = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        worker.put_file("large", path)
-        puts.append(size / (time.perf_counter() - start) / 1e6)
-    for _ in range(reps):
-        start = time.perf_counter()
-        got = worker.get("large")
-        gets.append(size / (time.perf_counter() - start) / 1e6)
-        if got != size:
-            raise RuntimeError(f"{target.label}: GET returned {got} of {size} bytes")
-    return puts, gets
+    rates: dict[str, list[float]] = {"PUT": [], "GET": []}
+    phases = []
+    for name in ("PUT", "GET"):
+        cpu = meter.snapshot()
+        total = 0.0
+        for _ in range(reps):
+            start = time.perf_counter()
+            if name == "PUT":
+                worker.put_file("large", path)
+            elif (got := worker.get("large")) != size:
+                raise RuntimeError(f"{target.label}: GET returned {got} of {size} bytes")
+            elapsed = time.perf_counter() - start
+            total += elapsed
+            rates[name].append(size / elapsed / 1e6)
+        cpu = CpuMeter.since(cpu, meter.snapshot())
+        label = f"{name} {size // MiB} MiB"
+        phases.append(Phase(label, target.label, reps, reps * size, total, cpu))
+    return rates["PUT"], rates["GET"], phases
 
 
 def proc_status_kib(pid: int, field_name: str) -> int:
-    """A ``VmHWM``/``VmRSS`` figure of ``pid`` in KiB, from /proc/<pid>/status."""
+    """A ``VmHWM``/``VmRSS`` figure of ``pid`` in KiB, from /proc/<pid>/status.
+
+    VmHWM is the peak resident set size since the process started; it cannot
+    be reset, hence a fresh s3orch for the 1 GiB measurement.
+    """
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field_name + ":"):
             return int(line.split()[1])
     raise RuntimeError(f"no {field_name} for pid {pid}")
 
 
+def vmhwm_mb(pid: int) -> float:
+    """Peak RSS of ``pid`` so far, in MB (10**6 bytes) like the target."""
+    return proc_status_kib(pid, "VmHWM") * 1024 / 1e6
+
+
 def huge_object(
-    orch: S3OrchProcess, target: Target, path: Path
-) -> tuple[dict[str, float], float, float]:
-    """s3orch's VmHWM (MB) after start, after a PUT and after a GET of ``path``; plus MB/s."""
-    assert orch.process is not None
-    pid = orch.process.pid
+    pid: int, target: Target, path: Path, meter: CpuMeter
+) -> tuple[dict[str, float], list[Phase]]:
+    """s3orch's VmHWM after start, after a PUT and after a GET of ``path``; the phases."""
     worker = target.new_worker()
     size = path.stat().st_size
-    rss = {"after start": proc_status_kib(pid, "VmHWM") / 1024}
-    start = time.perf_counter()
-    worker.put_file("huge", path)
-    put_rate = size / (time.perf_counter() - start) / 1e6
-    rss["after 1 GiB PUT"] = proc_status_kib(pid, "VmHWM") / 1024
-    start = time.perf_counter()
-    got = worker.get("huge")
-    get_rate = size / (time.perf_counter() - start) / 1e6
-    rss["after 1 GiB GET"] = proc_status_kib(pid, "VmHWM") / 1024
-    if got != size:
-        raise RuntimeError(f"s3orch: GET returned {got} of {size} bytes")
-    return rss, put_rate, get_rate
+    what = f"{size / GiB:g} GiB"
+    hwm = {"after start": vmhwm_mb(pid)}
+    phases = []
+    for name in ("PUT", "GET"):
+        cpu = meter.snapshot()
+        start = time.perf_counter()
+        if name == "PUT":
+            worker.put_file("huge", path)
+        elif (got := worker.get("huge")) != size:
+            raise RuntimeError(f"s3orch: GET returned {got} of {size} bytes")
+        wall = time.perf_counter() - start
+        cpu = CpuMeter.since(cpu, meter.snapshot())
+        phases.append(Phase(f"{name} {what}", target.label, 1, size, wall, cpu))
+        hwm[f"after {what} {name}"] = vmhwm_mb(pid)
+    return hwm, phases
 
 
 def random_file(path: Path, size: int) -> Path:
@@ -424,7 +489,19 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
-def print_table(rows: list[Row], direct_label: str) -> None:
+def print_grid(headers: list[str], lines: list[list[str]], left: int = 2) -> None:
+    """A plain-text table: the first ``left`` columns left-aligned, the rest right-aligned."""
+    widths = [max(len(x) for x in col) for col in zip(headers, *lines, strict=True)]
+    sep = "  "
+    print(sep.join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
+    print(sep.join("-" * w for w in widths))
+    for line in lines:
+        cells = [c.ljust(w) for c, w in zip(line[:left], widths[:left], strict=True)]
+        cells += [c.rjust(w) for c, w in zip(line[left:], widths[left:], strict=True)]
+        print(sep.join(cells))
+
+
+def print_results(rows: list[Row], direct_label: str) -> None:
     headers = ["operation", "unit", direct_label, "s3orch", "ratio", "target", "result"]
     lines = []
     for row in rows:
@@ -439,14 +516,22 @@ def print_table(rows: list[Row], direct_label: str) -> None:
         lines.append(
             [row.operation, row.unit, fmt(row.direct), fmt(row.s3orch), ratio, target, result]
         )
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *lines, strict=True)]
-    sep = "  "
-    print(sep.join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    print(sep.join("-" * w for w in widths))
-    for line in lines:
-        cells = [line[0].ljust(widths[0]), line[1].ljust(widths[1])]
-        cells += [c.rjust(w) for c, w in zip(line[2:], widths[2:], strict=True)]
-        print(sep.join(cells))
+    print_grid(headers, lines)
+
+
+def print_cpu(phases: list[Phase], processes: list[str]) -> None:
+    """CPU per op (small objects) or per MiB (large ones), per process, beside the wall time."""
+    headers = ["phase", "via", "unit", "wall", *processes, "machine busy"]
+    lines = []
+    cpus = os.cpu_count() or 1
+    for ph in phases:
+        per_op = ph.nbytes < MiB * ph.ops
+        unit, divisor = ("ms/op", ph.ops) if per_op else ("ms/MiB", ph.nbytes / MiB)
+        cells = [fmt(ph.wall_s * 1000 / divisor, 2)]
+        cells += [fmt(ph.cpu_s[p] * 1000 / divisor, 2) if p in ph.cpu_s else "-" for p in processes]
+        busy = sum(ph.cpu_s.values()) / ph.wall_s / cpus * 100
+        lines.append([ph.name, ph.target, unit, *cells, f"{busy:.0f}%"])
+    print_grid(headers, lines, left=3)
 
 
 def machine_info() -> dict[str, Any]:
@@ -487,16 +572,20 @@ def run(settings: Settings) -> dict[str, Any]:
     began = time.perf_counter()
     stop = threading.Event()
     rows: list[Row] = []
-    extra: dict[str, Any] = {}
+    phases: list[Phase] = []
+    raw: dict[str, Any] = {}
     with contextlib.ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="s3orch-bench-")))
         moto: MotoServer | None = None
         direct: Target
+        pids: dict[str, int | str] = {"client": "self"}
         if settings.backend == "s3":
             log("starting moto server")
             moto = MotoServer(region=REGION)
             stack.callback(moto.stop)
             moto.start()
+            assert moto.process is not None
+            pids["moto"] = moto.process.pid
             moto.make_bucket(BACKEND_BUCKET)
             moto.make_bucket(DIRECT_BUCKET)
             direct = S3Target(
@@ -510,86 +599,92 @@ def run(settings: Settings) -> dict[str, Any]:
         orch = stack.enter_context(started_s3orch(tmp / "s3orch", config))
         via = S3Target("s3orch", orch.endpoint, VIRTUAL_BUCKET, ACCESS_KEY, SECRET_KEY)
         assert orch.process is not None
-        hwm_start = proc_status_kib(orch.process.pid, "VmHWM") / 1024
+        meter = CpuMeter({**pids, "s3orch": orch.process.pid})
+        hwm_start = vmhwm_mb(orch.process.pid)
 
         small = settings.small_size // KiB
+        rates: dict[str, dict[str, float]] = {}
         for target in (direct, via):
-            log(f"{target.label}: {settings.small_ops} x {small} KiB PUT+GET")
-            put_rate, get_rate = small_objects(target, settings, stop)
-            extra.setdefault("small", {})[target.label] = {"put": put_rate, "get": get_rate}
-        sd, so = extra["small"][direct.label], extra["small"][via.label]
-        c = settings.concurrency
-        rows.append(
-            Row(f"PUT {small} KiB x{c}", "ops/s", sd["put"], so["put"], TARGET_SMALL, "ratio")
-        )
-        rows.append(
-            Row(f"GET {small} KiB x{c}", "ops/s", sd["get"], so["get"], TARGET_SMALL, "ratio")
-        )
+            log(f"{target.label}: {settings.small_ops} x {small} KiB PUT, then GET")
+            for ph in small_objects(target, settings, stop, meter):
+                phases.append(ph)
+                rates.setdefault(ph.name, {})[target.label] = ph.ops / ph.wall_s
+        for name, by_target in rates.items():
+            rows.append(
+                Row(
+                    f"{name} x{settings.concurrency} clients",
+                    "ops/s",
+                    by_target[direct.label],
+                    by_target[via.label],
+                    TARGET_SMALL,
+                    "ratio",
+                )
+            )
+        raw["small_ops_per_s"] = rates
 
         large_mib = settings.large_size // MiB
         log(f"writing a {large_mib} MiB random file")
         large_path = random_file(tmp / "large.bin", settings.large_size)
-        large: dict[str, tuple[list[float], list[float]]] = {}
+        large: dict[str, dict[str, list[float]]] = {"PUT": {}, "GET": {}}
         for target in (direct, via):
             log(f"{target.label}: {settings.large_reps} x {large_mib} MiB PUT, then GET")
-            large[target.label] = large_objects(target, large_path, settings.large_reps)
+            puts, gets, large_phases = large_objects(target, large_path, settings.large_reps, meter)
+            large["PUT"][target.label] = puts
+            large["GET"][target.label] = gets
+            phases += large_phases
         large_path.unlink()
-        for i, op in enumerate(("PUT", "GET")):
-            d_samples, o_samples = large[direct.label][i], large[via.label][i]
+        for op, samples in large.items():
             rows.append(
                 Row(
                     f"{op} {large_mib} MiB (median of {settings.large_reps})",
                     "MB/s",
-                    statistics.median(d_samples),
-                    statistics.median(o_samples),
+                    statistics.median(samples[direct.label]),
+                    statistics.median(samples[via.label]),
                     TARGET_LARGE,
                     "ratio",
-                    {"direct": d_samples, "s3orch": o_samples},
+                    samples,
                 )
             )
-        hwm_after_throughput = proc_status_kib(orch.process.pid, "VmHWM") / 1024
-        extra["s3orch_vmhwm_mb_throughput_process"] = {
+        raw["large_mb_per_s"] = large
+        hwm = {
             "after start": hwm_start,
-            "after 1 KiB and large phases": hwm_after_throughput,
+            "after the 1 KiB and large phases": vmhwm_mb(orch.process.pid),
         }
-        rows.append(Row("s3orch VmHWM after start", "MB", None, hwm_start, None, "info"))
-        rows.append(
-            Row(
-                f"s3orch VmHWM after {large_mib} MiB phase",
-                "MB",
-                None,
-                hwm_after_throughput,
-                None,
-                "info",
-            )
-        )
+        raw["s3orch_vmhwm_mb_throughput_process"] = hwm
+        for when, value in hwm.items():
+            rows.append(Row(f"s3orch VmHWM {when}", "MB", None, value, None, "info"))
 
         if not settings.skip_huge:
-            huge_gib = settings.huge_size / GiB
-            log(f"writing a {huge_gib:g} GiB random file")
+            huge = f"{settings.huge_size / GiB:g} GiB"
+            log(f"writing a {huge} random file")
             huge_path = random_file(tmp / "huge.bin", settings.huge_size)
             # A fresh s3orch, so that its high-water mark covers this transfer alone.
             log("restarting s3orch for the peak-RSS measurement")
             orch.stop()
             with started_s3orch(tmp / "s3orch", config) as fresh:
+                assert fresh.process is not None
+                pid = fresh.process.pid
                 via = S3Target("s3orch", fresh.endpoint, VIRTUAL_BUCKET, ACCESS_KEY, SECRET_KEY)
-                log(f"s3orch: {huge_gib:g} GiB PUT then GET, body streamed to nowhere")
-                rss, put_rate, get_rate = huge_object(fresh, via, huge_path)
+                log(f"s3orch: {huge} PUT, then GET with the body streamed to nowhere")
+                hwm, huge_phases = huge_object(
+                    pid, via, huge_path, CpuMeter({**pids, "s3orch": pid})
+                )
             huge_path.unlink()
-            extra["s3orch_vmhwm_mb_huge_process"] = rss
-            for when, value in rss.items():
-                kind, target = ("info", None) if when == "after start" else ("max", TARGET_RSS_MB)
-                rows.append(Row(f"s3orch VmHWM {when}", "MB", None, value, target, kind))
-            rows.append(Row(f"PUT {huge_gib:g} GiB", "MB/s", None, put_rate, None, "info"))
-            rows.append(Row(f"GET {huge_gib:g} GiB", "MB/s", None, get_rate, None, "info"))
+            phases += huge_phases
+            raw["s3orch_vmhwm_mb_huge_process"] = hwm
+            for when, value in hwm.items():
+                kind, limit = ("info", None) if when == "after start" else ("max", TARGET_RSS_MB)
+                rows.append(Row(f"s3orch VmHWM {when}", "MB", None, value, limit, kind))
+            for ph in huge_phases:
+                rate = ph.nbytes / ph.wall_s / 1e6
+                rows.append(Row(ph.name, "MB/s", None, rate, None, "info"))
 
-    elapsed = time.perf_counter() - began
     return {
         "machine": machine_info(),
         "settings": asdict(settings),
         "direct_baseline": direct.label,
-        "elapsed_s": round(elapsed, 1),
-        "rows": [
+        "elapsed_s": round(time.perf_counter() - began, 1),
+        "results": [
             {
                 **{k: v for k, v in asdict(row).items() if k != "samples" or v},
                 "ratio": row.ratio,
@@ -597,19 +692,28 @@ def run(settings: Settings) -> dict[str, Any]:
             }
             for row in rows
         ],
-        "raw": extra,
+        "phases": [asdict(ph) for ph in phases],
+        "raw": raw,
         "_rows": rows,
+        "_phases": phases,
+        "_processes": [*pids, "s3orch"],
     }
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--backend", choices=("s3", "local"), default="s3")
+    parser.add_argument(
+        "--backend",
+        choices=("s3", "local"),
+        default="s3",
+        help="s3: a moto server, baseline boto3 to it (default); "
+        "local: a directory, baseline plain file write/read",
+    )
     parser.add_argument("--quick", action="store_true", help="smaller counts: a ~30 s smoke run")
     parser.add_argument("--skip-1g", action="store_true", help="skip the 1 GiB peak-RSS phase")
     parser.add_argument("--json", metavar="PATH", help="write the raw figures here, not stdout")
     parser.add_argument("--small-ops", type=int, help="1 KiB ops per phase (default 2000)")
-    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--concurrency", type=int, default=8, help="1 KiB client threads")
     parser.add_argument("--large-reps", type=int, help="64 MiB repetitions (default 3)")
     args = parser.parse_args(argv)
     return Settings(
@@ -646,13 +750,21 @@ def main(argv: list[str] | None = None) -> int:
             "baseline: plain file write/read of the same bytes in a local directory "
             "(no HTTP, no fsync); s3orch's local backend fsyncs each file and its directory"
         )
+        print(
+            "so the ratios include boto3 + HTTP + fsync on the s3orch side only: "
+            "the targets are meant for --backend s3"
+        )
     else:
         print(
             "baseline: boto3 straight to the same moto server (another bucket); "
             "clients, moto and s3orch share this machine's CPUs"
         )
     print()
-    print_table(rows, result["direct_baseline"])
+    print_results(rows, result["direct_baseline"])
+    print()
+    print("where the time goes (wall and CPU per op or per MiB; CPU from /proc/<pid>/stat):")
+    print()
+    print_cpu(result.pop("_phases"), result.pop("_processes"))
     print()
     print(f"elapsed: {result['elapsed_s']} s")
     text = json.dumps(result, indent=2)

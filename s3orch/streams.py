@@ -297,9 +297,14 @@ class OrderedThreadCalls:
             return None
 
         def run(_: object) -> Deferred[None]:
+            # Never fails, so one broken call cannot stall the calls queued after it.
             if result.called:
                 return succeed(None)
-            d = deferToThreadPool(self._reactor, self._threadpool, f, *args)
+            try:
+                d = deferToThreadPool(self._reactor, self._threadpool, f, *args)
+            except BaseException:
+                result.errback(Failure())
+                return succeed(None)
             return d.addBoth(deliver)
 
         self._tail = self._tail.addCallback(run)

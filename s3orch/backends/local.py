@@ -25,11 +25,16 @@ component is at most 200 bytes. Examples::
     a//b/               ->  a/%/b/%=
     été                 ->  %C3%A9t%C3%A9=
 
+A key with more than 32 ``/`` keeps its first 32 segments as folders; the
+rest, slashes included (``%2F``), names the file, so the tree stays within
+about 50 levels however many slashes a key holds.
+
 The mapping is a function whose inverse ``list()`` applies to what it finds;
-files that do not decode (foreign files) are ignored. No hash prefix is used:
-the key's own folders spread the files and keep prefix listings cheap. A 1024-
-byte key encodes to at most about 3.1 KiB, inside PATH_MAX for a root of
-reasonable length. The file system must be case-sensitive.
+files that are not exactly where the mapping puts their key (foreign files)
+are ignored. No hash prefix is used: the key's own folders spread the files
+and keep prefix listings cheap. A 1024-byte key encodes to at most about
+3.1 KiB, inside PATH_MAX for a root of reasonable length. The file system must
+be case-sensitive.
 
 ``<root>/.tmp/`` holds files being written (no encoded component starts with
 ``.``). A write goes to a temp file there, is fsynced, then renamed into place
@@ -82,6 +87,7 @@ log = Logger()
 
 TEMP_DIR = ".tmp"
 MAX_PIECE = 199  # plus the one-character suffix: components are at most 200 bytes
+MAX_FOLDERS = 32
 DEFAULT_WRITE_SIZE = 1024 * 1024
 
 _PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
@@ -140,13 +146,21 @@ def _directory_parts(segment: bytes) -> list[str]:
     return [p + _CONTINUED for p in pieces[:-1]] + [pieces[-1]]
 
 
+def _folders(key: bytes) -> tuple[list[bytes], bytes]:
+    """The segments that become folders, and the rest, which names the file."""
+    segments = key.split(b"/")
+    if len(segments) - 1 > MAX_FOLDERS:
+        return segments[:MAX_FOLDERS], b"/".join(segments[MAX_FOLDERS:])
+    return segments[:-1], segments[-1]
+
+
 def key_to_parts(key: str) -> list[str]:
     """The path components, relative to the root, of the file holding ``key``."""
-    segments = key.encode("utf-8", "surrogatepass").split(b"/")
+    folders, name = _folders(key.encode("utf-8", "surrogatepass"))
     parts: list[str] = []
-    for segment in segments[:-1]:
+    for segment in folders:
         parts.extend(_directory_parts(segment))
-    pieces = _encode_segment(segments[-1])
+    pieces = _encode_segment(name)
     parts.extend(p + _CONTINUED for p in pieces[:-1])
     parts.append(pieces[-1] + _OBJECT)
     return parts
@@ -223,7 +237,8 @@ class LocalBackend:
         try:
             fd, temp = await calls.call(self._open_temp)
         except OSError as e:
-            await close_source(body)
+            with contextlib.suppress(Exception):
+                await close_source(body)
             raise BackendError(f"{self.name}: cannot create a temp file: {e}") from e
         try:
             await self._write_all(calls, fd, body, length)
@@ -233,7 +248,8 @@ class LocalBackend:
                 raise BackendError(f"{self.name}: cannot store: {e}") from e
         except BaseException as failure:
             await calls.call(self._discard, fd, temp)
-            await close_source(body)
+            with contextlib.suppress(Exception):
+                await close_source(body)
             if isinstance(failure, LengthMismatch):
                 raise BackendError(f"{self.name}: {failure}") from failure
             raise
@@ -370,9 +386,9 @@ class LocalBackend:
 
     def _scan(self, prefix: str) -> builtins.list[BackendObject]:
         # Walk only the folder that the prefix's complete segments name.
-        prefix_segments = prefix.encode("utf-8", "surrogatepass").split(b"/")[:-1]
+        prefix_folders = prefix.encode("utf-8", "surrogatepass").split(b"/")[:-1]
         start_parts: builtins.list[str] = []
-        for segment in prefix_segments:
+        for segment in prefix_folders[:MAX_FOLDERS]:
             start_parts.extend(_directory_parts(segment))
         found: builtins.list[BackendObject] = []
         stack: builtins.list[tuple[Path, builtins.list[str]]] = [
@@ -395,6 +411,8 @@ class LocalBackend:
                     if not entry.is_file(follow_symlinks=False):
                         continue
                     key = parts_to_key(entry_parts)
+                    if key_to_parts(key) != entry_parts:
+                        continue  # decodes, but is not where we would put it: not ours
                     size = entry.stat(follow_symlinks=False).st_size
                 except (ValueError, FileNotFoundError):
                     continue  # not ours, or deleted while we looked

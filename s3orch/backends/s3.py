@@ -23,6 +23,7 @@ A timeout cancels the request (closing its connection) and raises
 from __future__ import annotations
 
 import builtins
+import contextlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final, cast
 from urllib.parse import unquote_plus, urlsplit
@@ -54,7 +55,13 @@ from s3orch.backends.interface import (
     IBackend,
 )
 from s3orch.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, sign_request, uri_encode
-from s3orch.streams import DEFAULT_HIGH_WATER, LengthMismatch, PushStream, body_producer
+from s3orch.streams import (
+    DEFAULT_HIGH_WATER,
+    LengthMismatch,
+    PushStream,
+    body_producer,
+    close_source,
+)
 
 log = Logger()
 
@@ -83,7 +90,7 @@ def make_connection_pool(
     idle_seconds: int = POOLED_CONNECTION_IDLE,
 ) -> HTTPConnectionPool:
     """A pool of keep-alive connections; close it with ``closeCachedConnections()`` at shutdown."""
-    pool = HTTPConnectionPool(reactor, persistent=True)  # type: ignore[no-untyped-call]
+    pool = HTTPConnectionPool(reactor, persistent=True)
     pool.maxPersistentPerHost = max_persistent_per_host
     pool.cachedConnectionTimeout = idle_seconds
     pool.retryAutomatically = True  # only idempotent, bodiless requests are retried
@@ -98,7 +105,7 @@ def make_http_client(
     """The treq client S3 backends share: one Agent over a persistent connection pool."""
     if pool is None:
         pool = make_connection_pool(reactor)
-    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)  # type: ignore[no-untyped-call]
+    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
     return HTTPClient(agent)
 
 
@@ -156,7 +163,7 @@ class _WatchedBody:
             self._watchdog.arm(self._response, "waiting for the response")
             return result
 
-        d: Deferred[None] = self._inner.startProducing(consumer)  # type: ignore[no-untyped-call]
+        d: Deferred[None] = self._inner.startProducing(consumer)
         return d.addCallback(sent)
 
     def pauseProducing(self) -> None:
@@ -168,7 +175,7 @@ class _WatchedBody:
         self._inner.resumeProducing()
 
     def stopProducing(self) -> None:
-        self._inner.stopProducing()  # type: ignore[no-untyped-call]
+        self._inner.stopProducing()
 
 
 @implementer(IPushProducer)
@@ -528,7 +535,7 @@ class S3Backend:
     ) -> bytes:
         """Read a small body whole; the request is over afterwards."""
         collector = _BodyCollector(limit, truncate, watchdog, self.idle_timeout)
-        response.deliverBody(collector)  # type: ignore[no-untyped-call]
+        response.deliverBody(collector)
         try:
             return await collector.done
         except BackendError as e:
@@ -561,12 +568,18 @@ class S3Backend:
     async def put(self, key: str, body: AsyncIterator[bytes], length: int) -> None:
         if length < 0:
             raise BackendError(f"{self.name}: negative length")
-        response, watchdog = await self._send(
-            "PUT",
-            key,
-            headers={"content-type": "application/octet-stream"},
-            body=body_producer(body, length),
-        )
+        try:
+            response, watchdog = await self._send(
+                "PUT",
+                key,
+                headers={"content-type": "application/octet-stream"},
+                body=body_producer(body, length),
+            )
+        except BaseException:
+            # The request may have failed before the body was ever pulled.
+            with contextlib.suppress(Exception):
+                await close_source(body)
+            raise
         if response.code != 200:
             raise await self._failure("PUT", key, response, watchdog)
         await self._discard_body(response, watchdog)
@@ -596,7 +609,7 @@ class S3Backend:
             raise await self._failure("GET", key, response, watchdog)
         stream = PushStream(self.high_water)
         receiver = _StreamReceiver(self.name, stream, length, watchdog, self.idle_timeout)
-        response.deliverBody(receiver)  # type: ignore[no-untyped-call]
+        response.deliverBody(receiver)
         return BackendRead(start=start, length=length, total_size=total, body=stream)
 
     async def head(self, key: str) -> BackendObject | None:
@@ -650,7 +663,7 @@ class S3Backend:
 def _abandon(response: IResponse, watchdog: _Watchdog) -> None:
     # Closing beats reading an unwanted object body to reuse the connection.
     watchdog.close()
-    response.deliverBody(_Hangup())  # type: ignore[no-untyped-call]
+    response.deliverBody(_Hangup())
 
 
 def _describe(error: BaseException) -> str:
