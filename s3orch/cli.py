@@ -22,6 +22,7 @@ from s3orch.config import (
     BucketConfig,
     Config,
     ConfigError,
+    EncryptionConfig,
     format_size,
     load_config,
 )
@@ -153,6 +154,7 @@ def summarise(config: Config, path: str, cwd: str) -> list[str]:
     for bucket in config.buckets:
         lines.append(f"  {bucket.name:<{width}}  {_describe_bucket(bucket)}")
     lines.append(f"admin API: {'on' if config.admin.enabled else 'off'}")
+    lines.append(f"encryption: {_describe_encryption(config.encryption)}")
     if relative:
         lines.append(f"relative paths are relative to the working directory: {cwd}")
     return lines
@@ -166,6 +168,28 @@ def _describe_backend(backend: BackendConfig) -> str:
         style = "path-style" if backend.force_path_style else "virtual-hosted"
         target = f"{backend.endpoint} bucket {backend.bucket} (region {backend.region}, {style})"
     return f"{backend.type:<5}  {target}  quota {quota}"
+
+
+def _describe_encryption(encryption: EncryptionConfig) -> str:
+    """Key ids and where the primary comes from; never key material."""
+    primary = encryption.primary_key_id
+    if primary is None:
+        return "on" if encryption.enabled else "off"
+    if encryption.vault is not None:
+        vault = encryption.vault
+        source = f"Vault Transit {vault.mount_path}/{vault.key_name} at {vault.address}"
+    elif encryption.master_key_file:
+        source = encryption.master_key_file
+        if encryption.generate_key_file:
+            source += " (created on first start if missing)"
+    else:
+        source = "master_key"
+    previous = ", ".join(encryption.previous_key_ids) or "none"
+    if encryption.enabled:
+        state = f"on, chunk {format_size(encryption.chunk_size)}, new objects use"
+    else:
+        state = "off for new objects; existing ones decrypt with"
+    return f"{state} key {primary} ({source}); decrypt-only keys: {previous}"
 
 
 def _describe_bucket(bucket: BucketConfig) -> str:

@@ -10,8 +10,9 @@ Relative paths (``database.path``, a local backend's ``path``) are kept exactly 
 are therefore relative to the working directory of the process (``WorkingDirectory=`` under
 systemd), not to the directory of the configuration file.
 
-Secrets (``secret_access_key``, ``token``, ``password``) are never quoted in an error and are
-left out of the ``repr()`` of every value below.
+Secrets (``secret_access_key``, ``token``, ``password``, encryption keys) are never quoted in an
+error and are left out of the ``repr()`` of every value below. The one file read while loading
+is an encryption ``master_key_file``, so that a bad key stops startup with the others.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ from urllib.parse import urlsplit
 import attrs
 import yaml
 from attrs import field, frozen
+
+from s3orch.crypto.envelope import DEFAULT_CHUNK_SIZE, check_chunk_size
+from s3orch.crypto.keys import KeyMaterialError, decode_key, fingerprint, read_key_file
 
 KiB: Final = 1024
 MiB: Final = 1024**2
@@ -156,6 +160,50 @@ class AdminConfig:
         return bool(self.token)
 
 
+@frozen
+class VaultConfig:
+    """Vault Transit as the master key source (validated here, implemented separately)."""
+
+    address: str
+    key_name: str
+    token: str = field(default="", repr=False)
+    token_file: str = ""
+    mount_path: str = "transit"
+    ca_cert: str = ""
+    namespace: str = ""
+    renew_interval: float = 300.0
+
+
+@frozen
+class EncryptionConfig:
+    """Envelope encryption. Keys are decoded and checked at load; ``master_key_file`` is
+    read again when the keys are built. With ``enabled`` false, configured keys still
+    decrypt existing objects; only new objects are stored in plaintext."""
+
+    enabled: bool = False
+    chunk_size: int = DEFAULT_CHUNK_SIZE
+    master_key: bytes | None = field(default=None, repr=False)
+    master_key_file: str = ""
+    generate_key_file: bool = False
+    previous_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    vault: VaultConfig | None = None
+
+    @property
+    def primary_key_id(self) -> str | None:
+        """The operator-facing id new DEKs are wrapped with, None without a key."""
+        if self.master_key is not None:
+            return "config-0"
+        if self.master_key_file:
+            return "file-0"
+        if self.vault is not None:
+            return self.vault.key_name
+        return None
+
+    @property
+    def previous_key_ids(self) -> tuple[str, ...]:
+        return tuple(f"config-{i}" for i in range(1, len(self.previous_keys) + 1))
+
+
 @frozen(kw_only=True)
 class Config:
     server: ServerConfig = field(factory=ServerConfig)
@@ -164,6 +212,7 @@ class Config:
     backends: tuple[BackendConfig, ...]
     routing_strategy: str = "pack"
     admin: AdminConfig = field(factory=AdminConfig)
+    encryption: EncryptionConfig = field(factory=EncryptionConfig)
 
 
 # -- public entry points -------------------------------------------------------------------
@@ -198,6 +247,7 @@ def parse_config(text: str, environ: Mapping[str, str]) -> Config:
     routing_strategy = root.choice("routing_strategy", ROUTING_STRATEGIES, default="pack")
     buckets = _read_buckets(root)
     admin = _read_admin(root.mapping("admin", _field_names(AdminConfig)))
+    encryption = _read_encryption(root.mapping("encryption", _field_names(EncryptionConfig)))
     config = Config(
         server=server,
         buckets=buckets,
@@ -205,6 +255,7 @@ def parse_config(text: str, environ: Mapping[str, str]) -> Config:
         backends=backends,
         routing_strategy=routing_strategy or "pack",
         admin=admin,
+        encryption=encryption,
     )
     if problems.messages:
         raise ConfigError(problems.messages)
@@ -876,3 +927,215 @@ def _read_admin(section: _Section | None) -> AdminConfig:
     if token:
         _check_secret(section, "token", token)
     return AdminConfig(token=token or "")
+
+
+# -- encryption -----------------------------------------------------------------------------
+
+_KEY_SOURCES: Final = ("master_key", "master_key_file", "vault")
+_DURATION_RE: Final = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h)")
+_DURATION_UNITS: Final = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: object) -> float:
+    """Seconds from an int/float or a Go-style duration such as ``"90s"``, ``"5m"``,
+    ``"1h30m"``. Raises ValueError for anything else."""
+    if isinstance(value, bool):
+        raise ValueError("a bool is not a duration")
+    if isinstance(value, int | float):
+        return float(value)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError("not a duration")
+    text = value.strip()
+    total, pos = 0.0, 0
+    for match in _DURATION_RE.finditer(text):
+        if match.start() != pos:
+            raise ValueError("not a duration")
+        total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
+        pos = match.end()
+    if pos != len(text):
+        raise ValueError("not a duration")
+    return total
+
+
+def _read_encryption(section: _Section | None) -> EncryptionConfig:
+    default = EncryptionConfig()
+    if section is None:
+        return default
+    enabled = section.boolean("enabled", default.enabled)
+    chunk_size = section.size("chunk_size", default.chunk_size)
+    if chunk_size is not None:
+        try:
+            check_chunk_size(chunk_size)
+        except ValueError:
+            section.problem("chunk_size", "must be a power of two from 4KiB (4096) to 1MiB")
+            chunk_size = None
+
+    # Keys seen so far, by fingerprint, to report one key configured twice.
+    seen: dict[str, str] = {}
+    # An empty value (e.g. "${ENCRYPTION_KEY:-}") means no inline key, as in the Go system.
+    master_text = section.string("master_key")
+    has_master_key = section.has("master_key") and master_text != ""
+    master_key = _read_key_text(section, "master_key", master_text or None, seen)
+    key_file = section.string("master_key_file", "")
+    generate = section.boolean("generate_key_file", default.generate_key_file)
+    if key_file:
+        _check_key_file(section, key_file, bool(generate), seen)
+    elif generate:
+        section.problem("generate_key_file", "only used with master_key_file")
+    vault = _read_vault(section) if section.has("vault") else None
+    previous = _read_previous_keys(section, seen)
+
+    present = (has_master_key, bool(key_file), section.has("vault"))
+    sources = [name for name, given in zip(_KEY_SOURCES, present, strict=True) if given]
+    if len(sources) > 1:
+        section.problems.add(
+            section.path,
+            f"give only one of master_key, master_key_file or vault, not {' and '.join(sources)}",
+        )
+    elif not sources and enabled:
+        section.problem("enabled", "needs a key: master_key, master_key_file or vault")
+    elif not sources and section.has("previous_keys"):
+        section.problem(
+            "previous_keys",
+            "decrypt-only keys need a primary key: master_key, master_key_file or vault",
+        )
+    return EncryptionConfig(
+        enabled=default.enabled if enabled is None else enabled,
+        chunk_size=chunk_size or default.chunk_size,
+        master_key=master_key,
+        master_key_file=key_file or "",
+        generate_key_file=bool(generate),
+        previous_keys=tuple(previous),
+        vault=vault,
+    )
+
+
+def _read_key_text(
+    section: _Section, where: str, text: str | None, seen: dict[str, str]
+) -> bytes | None:
+    """A base64 key from ``text``; problems are reported at ``where``, never quoting it."""
+    if text is None:
+        return None
+    try:
+        key = decode_key(text)
+    except KeyMaterialError as e:
+        section.problems.add(section.where(where), str(e))
+        return None
+    _note_key(section, where, key, seen)
+    return key
+
+
+def _note_key(section: _Section, where: str, key: bytes, seen: dict[str, str]) -> None:
+    identity = fingerprint(key)
+    if identity in seen:
+        section.problems.add(section.where(where), f"is the same key as {seen[identity]}")
+    else:
+        seen[identity] = section.where(where)
+
+
+def _check_key_file(section: _Section, path: str, generate: bool, seen: dict[str, str]) -> None:
+    if generate and not os.path.lexists(path):
+        return  # created (mode 0600) when the service first starts
+    try:
+        key = read_key_file(path)
+    except KeyMaterialError as e:
+        section.problem("master_key_file", f"{path}: {e}")
+        return
+    _note_key(section, "master_key_file", key, seen)
+
+
+def _read_previous_keys(section: _Section, seen: dict[str, str]) -> list[bytes]:
+    value = section.node.get("previous_keys")
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        section.problem("previous_keys", "must be a list of base64 keys")
+        return []
+    keys: list[bytes] = []
+    for index, item in enumerate(value):
+        where = f"previous_keys[{index}]"
+        if not isinstance(item, str):
+            section.problem(where, "must be a string (a base64 key)")
+            continue
+        text, problems = _expand(item, section.environ)
+        for message in problems:
+            section.problem(where, message)
+        if problems:
+            continue
+        if not text:
+            section.problem(where, "must not be empty")
+            continue
+        key = _read_key_text(section, where, text, seen)
+        if key is not None:
+            keys.append(key)
+    return keys
+
+
+def _read_vault(section: _Section) -> VaultConfig | None:
+    vault = section.mapping("vault", _field_names(VaultConfig))
+    if vault is None:
+        return None
+    default = VaultConfig(address="", key_name="")
+    address = vault.string("address", required=True)
+    if address is not None:
+        problem = _vault_address_problem(address)
+        if problem:
+            vault.problem("address", problem)
+    key_name = vault.string("key_name", required=True)
+    if key_name is not None and (
+        not key_name or "/" in key_name or _WHITESPACE_OR_CONTROL_RE.search(key_name)
+    ):
+        vault.problem("key_name", "must be a Transit key name without '/' or whitespace")
+    token = vault.string("token")
+    token_file = vault.string("token_file")
+    if vault.has("token") and vault.has("token_file"):
+        vault.problems.add(vault.path, "give either token or token_file, not both")
+    elif not vault.has("token") and not vault.has("token_file"):
+        vault.problems.add(vault.path, "needs token or token_file")
+    if token is not None:
+        _check_secret(vault, "token", token)
+    if token_file == "":
+        vault.problem("token_file", "must not be empty")
+    mount_path = vault.string("mount_path", default.mount_path)
+    if mount_path is not None and (
+        not mount_path.strip("/") or _WHITESPACE_OR_CONTROL_RE.search(mount_path)
+    ):
+        vault.problem("mount_path", "must be a non-empty path without whitespace, e.g. transit")
+    ca_cert = vault.string("ca_cert", default.ca_cert)
+    namespace = vault.string("namespace", default.namespace)
+    renew_interval: float | None = default.renew_interval
+    if vault.has("renew_interval"):
+        try:
+            renew_interval = parse_duration(vault.value("renew_interval"))
+        except ValueError:
+            vault.problem("renew_interval", "must be a duration like '5m' or '300s'")
+            renew_interval = None
+        else:
+            if renew_interval <= 0:
+                vault.problem("renew_interval", "must be greater than 0")
+    return VaultConfig(
+        address=address or "",
+        key_name=key_name or "",
+        token=token or "",
+        token_file=token_file or "",
+        mount_path=(mount_path or default.mount_path).strip("/") or default.mount_path,
+        ca_cert=ca_cert or "",
+        namespace=namespace or "",
+        renew_interval=renew_interval or default.renew_interval,
+    )
+
+
+def _vault_address_problem(address: str) -> str | None:
+    """Why ``address`` is not a usable Vault URL. Never quotes it: it might carry userinfo."""
+    try:
+        url = urlsplit(address)
+        url.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError:
+        return "must be an http:// or https:// URL"
+    if url.scheme not in ("http", "https") or not url.hostname:
+        return "must be an http:// or https:// URL, e.g. https://vault:8200"
+    if url.username is not None or url.password is not None:
+        return "must not contain credentials; use token or token_file"
+    if url.query or url.fragment:
+        return "must not have a query or fragment"
+    return None

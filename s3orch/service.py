@@ -24,6 +24,7 @@ from s3orch.s3api.request import S3Site
 from s3orch.s3api.resource import S3Context, S3Resource
 from s3orch.store.db import Database
 from s3orch.store.objects import MetadataStore
+from s3orch.streams import OrderedThreadCalls
 
 log = Logger()
 
@@ -45,6 +46,8 @@ class S3OrchService(MultiService):
         self.db = _database(config)
         self.store = MetadataStore(self.db)
         self.file_pool = ThreadPool(minthreads=1, maxthreads=8, name="s3orch-files")
+        # Request bodies are hashed here while they arrive (hashlib releases the GIL).
+        self.hash_pool = ThreadPool(minthreads=1, maxthreads=4, name="s3orch-hashing")
         self.http_client: Any = None
         backends: dict[str, IBackend] = {
             b.name: MeteredBackend(self._backend(b), reactor) for b in config.backends
@@ -58,15 +61,21 @@ class S3OrchService(MultiService):
             max_object_size=config.server.max_object_size,
             started=reactor.seconds(),
         )
+        s3 = S3Resource(self.context)
         root = Root(
-            S3Resource(self.context),
+            s3,
             {
                 b"health": HealthResource(self.health),
                 b"metrics": MetricsResource(REGISTRY, self._refresh_gauges),
             },
         )
         max_body = int(config.server.max_object_size * FRAMING_ALLOWANCE) + 1024 * 1024
-        site = S3Site(root, max_body)
+        site = S3Site(
+            root,
+            max_body,
+            s3.start_upload,
+            lambda: OrderedThreadCalls(reactor, self.hash_pool),
+        )
         strports.service(config.server.listen_endpoint, site, reactor=reactor).setServiceParent(
             self
         )
@@ -90,6 +99,7 @@ class S3OrchService(MultiService):
 
     def startService(self) -> None:
         self.file_pool.start()
+        self.hash_pool.start()
         super().startService()
         Deferred.fromCoroutine(self._prepare()).addErrback(self._startup_failed)
 
@@ -136,6 +146,7 @@ class S3OrchService(MultiService):
         self.context.ready = False
         await super().stopService()
         self.db.close()
+        self.hash_pool.stop()
         self.file_pool.stop()
 
 

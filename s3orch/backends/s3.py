@@ -34,17 +34,28 @@ from attrs import define, field
 from defusedxml import DefusedXmlException
 from treq.client import HTTPClient
 from twisted.internet.defer import CancelledError, Deferred
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    IReactorTime,
+    IStreamClientEndpoint,
+)
 from twisted.internet.protocol import Protocol, connectionDone
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import (
+    URI,
     Agent,
+    BrowserLikePolicyForHTTPS,
     HTTPConnectionPool,
     RequestGenerationFailed,
     ResponseDone,
 )
-from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from s3orch.backends.interface import (
@@ -54,6 +65,7 @@ from s3orch.backends.interface import (
     BackendRead,
     IBackend,
 )
+from s3orch.httputil import enlarge_reads
 from s3orch.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, sign_request, uri_encode
 from s3orch.streams import (
     DEFAULT_HIGH_WATER,
@@ -105,8 +117,42 @@ def make_http_client(
     """The treq client S3 backends share: one Agent over a persistent connection pool."""
     if pool is None:
         pool = make_connection_pool(reactor)
-    agent = Agent(reactor, connectTimeout=connect_timeout, pool=pool)
+    endpoints = _LargeReadEndpoints(reactor, connect_timeout)
+    agent = Agent.usingEndpointFactory(reactor, endpoints, pool=pool)
     return HTTPClient(agent)
+
+
+@implementer(IAgentEndpointFactory)
+class _LargeReadEndpoints:
+    """Agent endpoints whose connections read large blocks (see ``enlarge_reads``)."""
+
+    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._timeout = connect_timeout
+        self._tls = BrowserLikePolicyForHTTPS()
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        host = uri.host.decode("idna")
+        endpoint: IStreamClientEndpoint = HostnameEndpoint(
+            self._reactor, host, uri.port, timeout=self._timeout
+        )
+        if uri.scheme == b"https":
+            creator = self._tls.creatorForNetloc(uri.host, uri.port)
+            endpoint = wrapClientTLS(creator, endpoint)
+        return _LargeReads(endpoint)
+
+
+@implementer(IStreamClientEndpoint)
+class _LargeReads:
+    def __init__(self, endpoint: IStreamClientEndpoint) -> None:
+        self._endpoint = endpoint
+
+    def connect(self, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        def enlarge(protocol: IProtocol) -> IProtocol:
+            enlarge_reads(getattr(protocol, "transport", None))
+            return protocol
+
+        return self._endpoint.connect(factory).addCallback(enlarge)
 
 
 class _Watchdog:

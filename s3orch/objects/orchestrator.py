@@ -78,14 +78,18 @@ class Orchestrator:
         metadata: Mapping[str, str],
         headers: Mapping[str, str],
         content_md5: bytes | None = None,
+        body_md5: Callable[[], bytes | None] | None = None,
     ) -> ObjectVersion:
         """Store a new current version of ``bucket/key``; return it once committed.
 
-        Raises InsufficientStorage before reading any byte if nothing has room,
+        ``content_md5`` is the digest the client claims; ``body_md5``, if
+        given, returns the body's real MD5 once the body has been read (the
+        caller hashed it already, so it is not hashed twice). Raises
+        InsufficientStorage before reading any byte if nothing has room,
         BadDigest or IncompleteBody if the body is wrong (nothing is stored).
         """
+        digest = _Digest(size, content_md5, body_md5)
         copy = await self.reserve(size)
-        digest = _Digest(size, content_md5)
         try:
             await self.backends[copy.backend].put(copy.storage_key, digest.pass_through(body), size)
             version = ObjectVersion(
@@ -205,31 +209,45 @@ class _Digest:
     means a backend never receives a complete wrong object.
     """
 
-    def __init__(self, size: int, content_md5: bytes | None) -> None:
+    def __init__(
+        self,
+        size: int,
+        content_md5: bytes | None,
+        body_md5: Callable[[], bytes | None] | None,
+    ) -> None:
         self.size = size
         self.content_md5 = content_md5
-        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.body_md5 = body_md5
+        self.md5 = None if body_md5 else hashlib.md5(usedforsecurity=False)
         self.etag = ""
 
     async def pass_through(self, body: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         seen = 0
-        if self.size == 0:
-            self._finish()
         async for chunk in body:
             if not chunk:
                 continue
             seen += len(chunk)
             if seen > self.size:
                 raise IncompleteBody(f"body longer than the declared {self.size} bytes")
-            self.md5.update(chunk)
+            if self.md5 is not None:
+                self.md5.update(chunk)
             if seen == self.size:
                 self._finish()
             yield chunk
         if seen != self.size:
             raise IncompleteBody(f"body ended after {seen} of {self.size} bytes")
+        if self.size == 0:
+            self._finish()
 
     def _finish(self) -> None:
-        digest = self.md5.digest()
+        digest = self.md5.digest() if self.md5 is not None else None
+        if self.body_md5 is not None:
+            digest = self.body_md5()
+        if digest is None:
+            raise RuntimeError("the body's MD5 was promised but is not known")
+        self._check(digest)
+
+    def _check(self, digest: bytes) -> None:
         if self.content_md5 is not None and digest != self.content_md5:
             raise BadDigest("the Content-MD5 you specified did not match what we received")
         self.etag = digest.hex()

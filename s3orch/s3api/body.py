@@ -1,9 +1,9 @@
 """A request body as the client meant it: framing removed, signatures and hashes checked.
 
-Twisted has spooled the body to a file by the time a route runs. Reading it
-back yields the payload in blocks; the final block is held back until every
-check passes (SHA-256 of the payload, aws-chunked chunk and trailer
-signatures), so a backend never receives a complete object that fails them.
+The body is read back from its spool, possibly while it is still arriving.
+The final block is held back until every check passes (SHA-256 of the
+payload, aws-chunked chunk and trailer signatures), so a backend never
+receives a complete object that fails them.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import AsyncIterator
-from typing import IO
 
 from s3orch.s3api.chunked import ChunkedDecoder
 from s3orch.s3api.errors import S3Error
+from s3orch.s3api.spool import BodyDigests, Spool
 from s3orch.sigv4 import AuthResult, SigV4Error
 
-BLOCK_SIZE = 256 * 1024
+BLOCK_SIZE = 1024 * 1024
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
 STREAMING_PREFIX = "STREAMING-"
 
@@ -25,33 +25,31 @@ STREAMING_PREFIX = "STREAMING-"
 class RequestBody:
     """The payload of one request; iterate ``chunks()`` exactly once."""
 
-    def __init__(
-        self,
-        content: IO[bytes],
-        auth: AuthResult | None,
-        decoded_length: int | None,
-    ) -> None:
-        self._content = content
-        self._auth = auth
+    def __init__(self, spool: Spool, auth: AuthResult | None, decoded_length: int | None) -> None:
+        self._spool = spool
         declared = auth.payload_hash if auth else "UNSIGNED-PAYLOAD"
         self._expected_sha256 = declared if _HEX_SHA256.fullmatch(declared) else None
         self._decoder: ChunkedDecoder | None = None
         if declared.startswith(STREAMING_PREFIX):
             self._decoder = ChunkedDecoder(declared, auth, decoded_length)
         self.trailers: dict[str, str] = {}
+        self._digests: BodyDigests | None = None
 
-    @property
-    def streaming(self) -> bool:
-        return self._decoder is not None
+    def md5(self) -> bytes | None:
+        """The MD5 the spool took of a plain body, once ``chunks()`` has checked the body."""
+        return self._digests.md5 if self._digests is not None else None
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        self._content.seek(0)
-        sha256 = hashlib.sha256() if self._expected_sha256 else None
+        spooled = self._spool.digests if self._decoder is None else None
+        hashed_by_spool = spooled is not None and spooled.sha256_hex is not None
+        sha256 = hashlib.sha256() if self._expected_sha256 and not hashed_by_spool else None
         held = b""
+        offset = 0
         while True:
-            block = self._content.read(BLOCK_SIZE)
+            block = await self._spool.read(offset, BLOCK_SIZE)
             if not block:
                 break
+            offset += len(block)
             if self._decoder is not None:
                 block = self._decode(block)
             elif sha256 is not None:
@@ -66,15 +64,24 @@ class RequestBody:
                 self.trailers = self._decoder.finish()
             except SigV4Error as e:
                 raise S3Error(e.code, e.message, e.status) from None
-        if sha256 is not None and sha256.hexdigest() != self._expected_sha256:
+        digests = await self._spool.digested() if self._decoder is None else None
+        if self._expected_sha256 is not None:
+            computed = sha256.hexdigest() if sha256 is not None else None
+            if computed is None and digests is not None:
+                computed = digests.sha256_hex
+            self._check_sha256(computed or "")
+        self._digests = digests
+        if held:
+            yield held
+
+    def _check_sha256(self, computed: str) -> None:
+        if computed != self._expected_sha256:
             raise S3Error(
                 "XAmzContentSHA256Mismatch",
                 "The provided 'x-amz-content-sha256' header does not match what was computed.",
                 ClientComputedContentSHA256=self._expected_sha256 or "",
-                S3ComputedContentSHA256=sha256.hexdigest(),
+                S3ComputedContentSHA256=computed,
             )
-        if held:
-            yield held
 
     def _decode(self, block: bytes) -> bytes:
         assert self._decoder is not None

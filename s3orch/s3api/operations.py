@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from typing import TYPE_CHECKING
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 from s3orch.objects.errors import Unavailable
 from s3orch.s3api import conditions, xml
@@ -12,8 +13,9 @@ from s3orch.s3api import headers as object_headers
 from s3orch.s3api.body import STREAMING_PREFIX, RequestBody
 from s3orch.s3api.errors import S3Error
 from s3orch.s3api.ranges import parse_range
-from s3orch.s3api.request import content_file, set_metadata_header
+from s3orch.s3api.request import set_metadata_header
 from s3orch.s3api.streaming import write_body
+from s3orch.store.records import ObjectVersion
 
 if TYPE_CHECKING:
     from s3orch.s3api.resource import Call, S3Context
@@ -107,15 +109,33 @@ async def dispatch(ctx: S3Context, call: Call) -> None:
         names = [b.name for b in ctx.buckets if b.name in call.principal.buckets]
         _send(call, xml.list_buckets(names, ctx.started))
         return
-    configured = any(b.name == call.bucket for b in ctx.buckets)
-    if call.bucket not in call.principal.buckets:
-        if configured or call.method == "PUT":
-            raise S3Error("AccessDenied", "Access Denied")
-        raise S3Error("NoSuchBucket", "The specified bucket does not exist", BucketName=call.bucket)
+    _check_bucket_access(ctx, call)
     if call.key is None:
         await _bucket_operation(ctx, call)
     else:
         await _object_operation(ctx, call)
+
+
+def _check_bucket_access(ctx: S3Context, call: Call) -> None:
+    if call.bucket in call.principal.buckets:
+        return
+    if call.method == "PUT" or any(b.name == call.bucket for b in ctx.buckets):
+        raise S3Error("AccessDenied", "Access Denied")
+    raise S3Error("NoSuchBucket", "The specified bucket does not exist", BucketName=call.bucket)
+
+
+def early_put(ctx: S3Context, call: Call) -> Coroutine[Any, Any, ObjectVersion] | None:
+    """The PutObject for ``call`` while its body is still arriving, or None if it is not one.
+
+    Runs exactly the checks dispatch would, so an upload started early is one
+    the request would have made anyway.
+    """
+    if not call.bucket or call.key is None or call.method != "PUT":
+        return None
+    if any(name in SUBRESOURCES for name in call.query):
+        return None
+    _check_bucket_access(ctx, call)
+    return _begin_put(ctx, call)
 
 
 async def _bucket_operation(ctx: S3Context, call: Call) -> None:
@@ -288,6 +308,13 @@ async def _get_object(ctx: S3Context, call: Call) -> None:
 
 
 async def _put_object(ctx: S3Context, call: Call) -> None:
+    early = call.request.early_upload
+    version = await early if early is not None else await _begin_put(ctx, call)
+    call.request.setHeader(b"ETag", f'"{version.etag}"'.encode())
+
+
+def _begin_put(ctx: S3Context, call: Call) -> Coroutine[Any, Any, ObjectVersion]:
+    """Check a PutObject and return the upload to run (S3Error if the request is wrong)."""
     assert call.key is not None
     headers = call.headers
     if "x-amz-copy-source" in headers:
@@ -320,8 +347,17 @@ async def _put_object(ctx: S3Context, call: Call) -> None:
     stored = object_headers.stored_headers(headers)
     md5 = object_headers.content_md5(headers)
     content_type = headers.get("content-type") or object_headers.DEFAULT_CONTENT_TYPE
-    body = RequestBody(content_file(call.request), auth, decoded_length)
-    version = await ctx.orchestrator.put(
-        call.bucket, call.key, body.chunks(), size, content_type, metadata, stored, md5
+    spool = call.request.spool
+    assert spool is not None
+    body = RequestBody(spool, auth, decoded_length)
+    return ctx.orchestrator.put(
+        call.bucket,
+        call.key,
+        body.chunks(),
+        size,
+        content_type,
+        metadata,
+        stored,
+        content_md5=md5,
+        body_md5=None if streaming else body.md5,
     )
-    call.request.setHeader(b"ETag", f'"{version.etag}"'.encode())

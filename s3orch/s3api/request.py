@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
-import tempfile
+from collections.abc import Callable
 from typing import IO, Any
 
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web import http
 from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
-# Bodies up to this size stay in memory; larger ones are spooled to disk.
-MEMORY_SPOOL_LIMIT = 256 * 1024
+from s3orch.httputil import enlarge_reads
+from s3orch.s3api.spool import BodyLost, Spool
+from s3orch.streams import OrderedThreadCalls
+
+# PUT bodies larger than this start their upload before the whole body is in.
+EARLY_UPLOAD_MIN = 1024 * 1024
 
 
 class _Discard:
@@ -30,14 +36,20 @@ class _Discard:
 
 
 class S3Request(Request):
-    """A request whose body is spooled to a file and capped at ``max_body`` bytes.
+    """A request whose body is spooled as it arrives and capped at ``max_body`` bytes.
 
     A body over the cap is not stored anywhere: the route sees
-    ``body_too_large`` and answers EntityTooLarge.
+    ``body_too_large`` and answers EntityTooLarge. A large PUT may be handed
+    to ``start_upload`` as soon as its headers are in, so the upload to the
+    backend runs while the client is still sending.
     """
 
     max_body: int = 5 * 1024**3
+    start_upload: Callable[[S3Request, bytes, bytes], Deferred[Any] | None] | None = None
+    hasher: Callable[[], OrderedThreadCalls] | None = None
     body_too_large: bool = False
+    spool: Spool | None = None
+    early_upload: Deferred[Any] | None = None
     _received: int = 0
 
     def gotLength(self, length: int | None) -> None:
@@ -46,33 +58,64 @@ class S3Request(Request):
             self.body_too_large = True
             self.content = _Discard()
             return
-        if length is not None and length <= MEMORY_SPOOL_LIMIT:
-            super().gotLength(length)
+        declared = (self.requestHeaders.getRawHeaders(b"x-amz-content-sha256") or [b""])[0]
+        hasher = self.hasher() if self.hasher is not None else None
+        self.spool = Spool(length, declared.decode("latin-1"), hasher)
+        self.content = self.spool.file
+        if length is None or length <= EARLY_UPLOAD_MIN:
             return
-        self.content = tempfile.TemporaryFile(prefix="s3orch-body-")  # noqa: SIM115 - lives with the request
+        enlarge_reads(self.channel.transport if self.channel else None)
+        # Twisted keeps the request line on the channel until the body is in.
+        method = getattr(self.channel, "_command", None)
+        uri = getattr(self.channel, "_path", None)
+        if method == b"PUT" and uri is not None and self.start_upload is not None:
+            self.early_upload = self.start_upload(self, method, uri)
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)
-        content = content_file(self)
-        if not self.body_too_large and self._received > self.max_body:
+        if self.spool is None:
+            return
+        if self._received > self.max_body:
             self.body_too_large = True
-            content.close()
-            self.content = content = _Discard()  # type: ignore[assignment]
-        content.write(data)
+            self.spool.fail(BodyLost("body over the size limit"))
+            self.spool.close()
+            self.spool = None
+            self.content = _Discard()
+            return
+        self.spool.write(data)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.spool is not None:
+            self.spool.finish()
+        super().requestReceived(command, path, version)
+
+    def connectionLost(self, reason: Failure) -> None:
+        if self.spool is not None:
+            self.spool.fail(BodyLost(str(reason.value)))
+        super().connectionLost(reason)
 
 
 class S3Site(Site):
     """A Site that builds S3Requests and leaves access logging to the S3 resource."""
 
-    def __init__(self, resource: IResource, max_body: int, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        resource: IResource,
+        max_body: int,
+        start_upload: Callable[[S3Request, bytes, bytes], Deferred[Any] | None] | None = None,
+        hasher: Callable[[], OrderedThreadCalls] | None = None,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(resource, **kwargs)
         self.noisy = False
 
-        class CappedRequest(S3Request):
+        class SiteRequest(S3Request):
             pass
 
-        CappedRequest.max_body = max_body
-        self.requestFactory = CappedRequest
+        SiteRequest.max_body = max_body
+        SiteRequest.start_upload = staticmethod(start_upload) if start_upload else None
+        SiteRequest.hasher = staticmethod(hasher) if hasher else None
+        self.requestFactory = SiteRequest
 
     def log(self, request: http.Request) -> None:
         """Each request is logged once, with its request id, by the resource."""

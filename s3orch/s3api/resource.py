@@ -13,7 +13,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from attrs import define, frozen
-from twisted.internet.defer import CancelledError
+from twisted.internet.defer import CancelledError, Deferred, fail
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -120,8 +120,31 @@ class S3Resource(Resource):
                 outcome=outcome,
             )
 
-    def _parse(self, request: S3Request) -> Call:
-        raw_path, _, raw_query = request.uri.partition(b"?")
+    def start_upload(self, request: S3Request, method: bytes, uri: bytes) -> Deferred[Any] | None:
+        """Begin a large PutObject while its body arrives (see S3Request); None if not one.
+
+        Errors are kept in the returned Deferred for the request's normal
+        processing to answer once the body is in.
+        """
+        if not self.context.ready:
+            return None
+        try:
+            call = self._parse(request, method, uri)
+            upload = operations.early_put(self.context, call)
+        except Exception:
+            return fail()
+        if upload is None:
+            return None
+        d = Deferred.fromCoroutine(upload)
+        request.notifyFinish().addErrback(lambda _: d.addErrback(lambda _: None))
+        return d
+
+    def _parse(
+        self, request: S3Request, method: bytes | None = None, uri: bytes | None = None
+    ) -> Call:
+        method = request.method if method is None else method
+        uri = request.uri if uri is None else uri
+        raw_path, _, raw_query = uri.partition(b"?")
         try:
             path = raw_path.decode("ascii")
             query_text = raw_query.decode("ascii")
@@ -133,7 +156,7 @@ class S3Resource(Resource):
             for name, values in request.requestHeaders.getAllRawHeaders()
         }
         signed = SignedRequest(
-            method=request.method.decode("ascii", "replace"),
+            method=method.decode("ascii", "replace"),
             raw_path=path,
             raw_query=query_text,
             headers=headers,

@@ -27,6 +27,7 @@ from s3orch.backends.s3 import (
     make_connection_pool,
     make_http_client,
 )
+from s3orch.httputil import LARGE_READ
 from s3orch.sigv4 import SignedRequest, authenticate
 from s3orch.streams import PushStream
 from s3orch.testing.moto_server import MotoServer, start_moto_server
@@ -296,7 +297,7 @@ async def test_slow_reader_pauses_the_connection(
     received = len(await body.__anext__())
     await deferLater(reactor, 0.3)  # let the server push as much as it can
     assert body.paused
-    assert body.buffered <= SLOW_READER_HIGH_WATER + 64 * 1024
+    assert body.buffered <= SLOW_READER_HIGH_WATER + LARGE_READ
     async for chunk in body:
         received += len(chunk)
     assert received == size

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import os
 import textwrap
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +17,7 @@ from twisted.internet.endpoints import serverFromString
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.testing import MemoryReactor
 
+from s3orch.cli import summarise
 from s3orch.config import (
     AdminConfig,
     BackendConfig,
@@ -23,11 +26,14 @@ from s3orch.config import (
     ConfigError,
     Credential,
     DatabaseConfig,
+    EncryptionConfig,
     GiB,
     ServerConfig,
+    VaultConfig,
     format_size,
     load_config,
     parse_config,
+    parse_duration,
     parse_size,
     split_listen,
 )
@@ -1142,3 +1148,339 @@ def test_postgres_example_uses_postgres() -> None:
     assert config.database.driver == "postgres"
     assert config.database.password == "pg-password"
     assert config.database.port == 5432
+
+
+# -- encryption ---------------------------------------------------------------------------------
+
+KEY_1 = bytes(range(32))
+KEY_2 = bytes(range(32, 64))
+KEY_1_TEXT = base64.b64encode(KEY_1).decode()
+KEY_2_TEXT = base64.b64encode(KEY_2).decode()
+
+
+def with_encryption(body: str) -> str:
+    """MINIMAL plus an encryption section made of ``body`` (YAML mapping lines)."""
+    return MINIMAL + "encryption:\n" + textwrap.indent(textwrap.dedent(body), "  ")
+
+
+def write_key_file(tmp_path: Path, data: bytes = KEY_1, mode: int = 0o600) -> str:
+    path = tmp_path / "master.key"
+    path.write_bytes(data)
+    path.chmod(mode)
+    return str(path)
+
+
+def test_encryption_is_off_by_default() -> None:
+    """Without an encryption section, encryption is disabled with a 64 KiB chunk size."""
+    config = parse(MINIMAL)
+    assert config.encryption == EncryptionConfig()
+    assert not config.encryption.enabled
+    assert config.encryption.chunk_size == 65536
+    assert config.encryption.primary_key_id is None
+
+
+def test_encryption_with_inline_keys_from_the_environment() -> None:
+    """master_key and previous_keys are base64 from ${VAR}s, decoded to 32-byte keys."""
+    text = with_encryption(
+        """
+        enabled: true
+        chunk_size: 64KiB
+        master_key: "${ENCRYPTION_KEY}"
+        previous_keys: ["${OLD_KEY}"]
+        """
+    )
+    encryption = parse(text, {"ENCRYPTION_KEY": KEY_1_TEXT, "OLD_KEY": KEY_2_TEXT}).encryption
+    assert encryption.enabled
+    assert encryption.chunk_size == 65536
+    assert encryption.master_key == KEY_1
+    assert encryption.previous_keys == (KEY_2,)
+    assert encryption.primary_key_id == "config-0"
+    assert encryption.previous_key_ids == ("config-1",)
+
+
+def test_encryption_with_a_key_file(tmp_path: Path) -> None:
+    """master_key_file names a 0600 file of 32 raw bytes; its id is file-0."""
+    path = write_key_file(tmp_path)
+    encryption = parse(with_encryption(f"enabled: true\nmaster_key_file: {path}\n")).encryption
+    assert encryption.master_key_file == path
+    assert encryption.master_key is None
+    assert encryption.primary_key_id == "file-0"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("enabled: true", "encryption.enabled: needs a key: master_key, master_key_file or vault"),
+        ("master_key: not-base64!", "encryption.master_key: is not valid base64"),
+        (
+            f"master_key: {base64.b64encode(bytes(16)).decode()}",
+            "encryption.master_key: decodes to 16 bytes",
+        ),
+        (
+            f"previous_keys: [{KEY_2_TEXT}]",
+            "encryption.previous_keys: decrypt-only keys need a primary key",
+        ),
+        (
+            f"master_key: {KEY_1_TEXT}\nprevious_keys: {KEY_2_TEXT}",
+            "encryption.previous_keys: must be a list",
+        ),
+        (
+            f"master_key: {KEY_1_TEXT}\nprevious_keys: [{KEY_2_TEXT}, 12]",
+            "encryption.previous_keys[1]: must be a string",
+        ),
+        (
+            f"master_key: {KEY_1_TEXT}\nprevious_keys: [{KEY_2_TEXT}, short]",
+            "encryption.previous_keys[1]: is not valid base64",
+        ),
+        (
+            f"master_key: {KEY_1_TEXT}\nprevious_keys: ['']",
+            "encryption.previous_keys[0]: must not be empty",
+        ),
+        (
+            f"master_key: {KEY_1_TEXT}\nprevious_keys: [{KEY_1_TEXT}]",
+            "encryption.previous_keys[0]: is the same key as encryption.master_key",
+        ),
+        (
+            f"master_key: {KEY_1_TEXT}\nprevious_keys: ['${{NOPE}}']",
+            "encryption.previous_keys[0]: environment variable NOPE is not set",
+        ),
+        (
+            f"master_key: {KEY_1_TEXT}\nchunk_size: 65535",
+            "encryption.chunk_size: must be a power of two from 4KiB (4096) to 1MiB",
+        ),
+        (
+            f"master_key: {KEY_1_TEXT}\nchunk_size: 2048",
+            "encryption.chunk_size: must be a power of two",
+        ),
+        (
+            f"master_key: {KEY_1_TEXT}\nchunk_size: 2MiB",
+            "encryption.chunk_size: must be a power of two",
+        ),
+        (f"master_key: {KEY_1_TEXT}\nenabled: 'yes'", "encryption.enabled: must be true or false"),
+        (
+            f"master_key: {KEY_1_TEXT}\nmaster_keys: []",
+            "encryption.master_keys: unknown key (did you mean master_key?)",
+        ),
+        (
+            f"master_key: {KEY_1_TEXT}\ngenerate_key_file: true",
+            "encryption.generate_key_file: only used with master_key_file",
+        ),
+    ],
+)
+def test_encryption_errors_name_the_field(body: str, expected: str) -> None:
+    """Each bad encryption setting is one error naming its field, never quoting a key."""
+    error = only_error(with_encryption(body))
+    assert error.startswith(expected), error
+    for key in (KEY_1_TEXT, KEY_2_TEXT, "not-base64!"):
+        assert key not in error
+
+
+def test_two_key_sources_are_an_error(tmp_path: Path) -> None:
+    """master_key, master_key_file and vault are mutually exclusive."""
+    path = write_key_file(tmp_path, KEY_2)
+    error = only_error(with_encryption(f"master_key: {KEY_1_TEXT}\nmaster_key_file: {path}\n"))
+    assert error == (
+        "encryption: give only one of master_key, master_key_file or vault, "
+        "not master_key and master_key_file"
+    )
+    vault = "vault: {address: 'https://vault:8200', token: t, key_name: k}\n"
+    error = only_error(with_encryption(f"master_key: {KEY_1_TEXT}\n{vault}"))
+    assert error.endswith("not master_key and vault")
+
+
+def test_empty_master_key_means_none(tmp_path: Path) -> None:
+    """master_key: "${KEY:-}" with KEY unset means no inline key (as in the Go system)."""
+    assert parse(with_encryption('master_key: "${KEY:-}"\n')).encryption.master_key is None
+    assert only_error(with_encryption('enabled: true\nmaster_key: "${KEY:-}"\n')).startswith(
+        "encryption.enabled: needs a key"
+    )
+
+
+def test_unset_key_variable_is_one_error() -> None:
+    """An unset ${VAR} for master_key reports the variable, not also a missing key."""
+    error = only_error(with_encryption('enabled: true\nmaster_key: "${ENCRYPTION_KEY}"\n'))
+    assert error == "encryption.master_key: environment variable ENCRYPTION_KEY is not set"
+
+
+@pytest.mark.parametrize(
+    ("data", "mode", "reason"),
+    [
+        (KEY_1, 0o644, "is accessible by group or others (mode 0644)"),
+        (KEY_1, 0o660, "is accessible by group or others (mode 0660)"),
+        (KEY_1[:16], 0o600, "holds 16 bytes"),
+        (KEY_1_TEXT.encode() + b"\n", 0o600, "looks like base64 text"),
+    ],
+)
+def test_bad_key_files_are_errors(tmp_path: Path, data: bytes, mode: int, reason: str) -> None:
+    """A key file readable by others or of the wrong size stops the load."""
+    path = write_key_file(tmp_path, data, mode)
+    error = only_error(with_encryption(f"enabled: true\nmaster_key_file: {path}\n"))
+    assert error.startswith(f"encryption.master_key_file: {path}: ")
+    assert reason in error
+    assert KEY_1_TEXT not in error
+
+
+def test_missing_key_file_is_an_error_unless_it_will_be_generated(tmp_path: Path) -> None:
+    """A missing key file fails, except with generate_key_file (the service creates it)."""
+    path = str(tmp_path / "absent.key")
+    error = only_error(with_encryption(f"enabled: true\nmaster_key_file: {path}\n"))
+    assert error == f"encryption.master_key_file: {path}: does not exist"
+    text = with_encryption(f"enabled: true\nmaster_key_file: {path}\ngenerate_key_file: true\n")
+    encryption = parse(text).encryption
+    assert encryption.generate_key_file
+    assert not os.path.exists(path)
+    # When the file does exist, it is checked like any other.
+    bad = write_key_file(tmp_path, KEY_1, 0o644)
+    text = with_encryption(f"enabled: true\nmaster_key_file: {bad}\ngenerate_key_file: true\n")
+    assert "accessible by group or others" in only_error(text)
+
+
+def test_file_key_repeated_in_previous_keys_is_an_error(tmp_path: Path) -> None:
+    """The key file's key listed again in previous_keys is reported, without the key."""
+    path = write_key_file(tmp_path)
+    error = only_error(
+        with_encryption(f"master_key_file: {path}\nprevious_keys: [{KEY_2_TEXT}, {KEY_1_TEXT}]\n")
+    )
+    assert error == "encryption.previous_keys[1]: is the same key as encryption.master_key_file"
+
+
+def test_encryption_off_keeps_keys_for_reading() -> None:
+    """With enabled false, configured keys are still validated and kept (to read old objects)."""
+    encryption = parse(with_encryption(f"enabled: false\nmaster_key: {KEY_1_TEXT}\n")).encryption
+    assert not encryption.enabled
+    assert encryption.master_key == KEY_1
+
+
+def test_vault_block_shape() -> None:
+    """A vault block is accepted and read with its defaults."""
+    text = with_encryption(
+        """
+        enabled: true
+        vault:
+          address: "https://vault:8200"
+          token: "${VAULT_TOKEN}"
+          key_name: s3-orchestrator
+          ca_cert: /etc/s3orch/vault-ca.pem
+          renew_interval: 90s
+        previous_keys: ["${OLD_KEY}"]
+        """
+    )
+    encryption = parse(text, {"VAULT_TOKEN": "hvs.s3cr3t", "OLD_KEY": KEY_2_TEXT}).encryption
+    assert encryption.vault == VaultConfig(
+        address="https://vault:8200",
+        key_name="s3-orchestrator",
+        token="hvs.s3cr3t",
+        ca_cert="/etc/s3orch/vault-ca.pem",
+        renew_interval=90.0,
+    )
+    assert encryption.vault.mount_path == "transit"
+    assert encryption.primary_key_id == "s3-orchestrator"
+    assert "hvs.s3cr3t" not in repr(encryption)
+
+
+@pytest.mark.parametrize(
+    ("vault", "expected"),
+    [
+        ("{token: t, key_name: k}", ["encryption.vault.address: required"]),
+        (
+            "{address: 'ftp://v', token: t, key_name: k}",
+            ["encryption.vault.address: must be an http:// or https:// URL"],
+        ),
+        (
+            "{address: 'https://u:p@v', token: t, key_name: k}",
+            ["encryption.vault.address: must not contain credentials"],
+        ),
+        ("{address: 'https://v', token: t}", ["encryption.vault.key_name: required"]),
+        (
+            "{address: 'https://v', token: t, key_name: 'a/b'}",
+            ["encryption.vault.key_name: must be a Transit key name"],
+        ),
+        ("{address: 'https://v', key_name: k}", ["encryption.vault: needs token or token_file"]),
+        (
+            "{address: 'https://v', key_name: k, token: t, token_file: /f}",
+            ["encryption.vault: give either token or token_file, not both"],
+        ),
+        (
+            "{address: 'https://v', key_name: k, token: 't x'}",
+            ["encryption.vault.token: must not contain whitespace"],
+        ),
+        (
+            "{address: 'https://v', key_name: k, token: t, renew_interval: soon}",
+            ["encryption.vault.renew_interval: must be a duration"],
+        ),
+        (
+            "{address: 'https://v', key_name: k, token: t, renew_interval: 0s}",
+            ["encryption.vault.renew_interval: must be greater than 0"],
+        ),
+        (
+            "{address: 'https://v', key_name: k, token: t, mount_path: ''}",
+            ["encryption.vault.mount_path: must be a non-empty path"],
+        ),
+        (
+            "{address: 'https://v', key_name: k, token: t, role: x}",
+            ["encryption.vault.role: unknown key"],
+        ),
+        ("nope", ["encryption.vault: must be a mapping"]),
+    ],
+)
+def test_vault_block_errors(vault: str, expected: list[str]) -> None:
+    """Each malformed vault block field is reported by its path."""
+    found = errors(with_encryption(f"enabled: true\nvault: {vault}\n"))
+    assert len(found) == len(expected), found
+    for error, prefix in zip(found, expected, strict=True):
+        assert error.startswith(prefix), error
+
+
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [(300, 300.0), (1.5, 1.5), ("5m", 300.0), ("90s", 90.0), ("1h30m", 5400.0), ("250ms", 0.25)],
+)
+def test_parse_duration(value: object, seconds: float) -> None:
+    """Durations are seconds or Go-style strings."""
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize("value", ["", "5", "m5", "5 m", "5d", True, None, "1h 30m"])
+def test_parse_duration_rejects(value: object) -> None:
+    """Anything else is not a duration."""
+    with pytest.raises(ValueError):
+        parse_duration(value)
+
+
+def test_encryption_keys_absent_from_repr_and_errors(tmp_path: Path) -> None:
+    """Neither key text nor key bytes appear in repr() or in any error message."""
+    text = with_encryption(
+        f"enabled: true\nmaster_key: {KEY_1_TEXT}\nprevious_keys: [{KEY_2_TEXT}]\n"
+    )
+    config = parse(text)
+    shown = repr(config)
+    for secret in (KEY_1_TEXT, KEY_2_TEXT, repr(KEY_1), repr(KEY_2), KEY_1.hex()):
+        assert secret not in shown
+    bad_key = base64.b64encode(b"k" * 31).decode()
+    with pytest.raises(ConfigError) as caught:
+        parse(with_encryption(f"master_key: {bad_key}\nprevious_keys: ['{bad_key}x']\n"))
+    everything = str(caught.value) + repr(caught.value)
+    assert bad_key not in everything
+    assert len(caught.value.errors) == 2
+
+
+def test_validate_summary_describes_encryption_without_keys(tmp_path: Path) -> None:
+    """`s3orch validate` prints the key ids and sources, never the keys."""
+    off = summarise(parse(MINIMAL), "c.yaml", "/")
+    assert "encryption: off" in off
+    text = with_encryption(
+        f"enabled: true\nmaster_key: {KEY_1_TEXT}\nprevious_keys: [{KEY_2_TEXT}]\n"
+    )
+    lines = "\n".join(summarise(parse(text), "c.yaml", "/"))
+    assert (
+        "encryption: on, chunk 64 KiB, new objects use key config-0 (master_key); "
+        "decrypt-only keys: config-1"
+    ) in lines
+    assert KEY_1_TEXT not in lines and KEY_2_TEXT not in lines
+    path = str(tmp_path / "m.key")
+    text = with_encryption(f"enabled: false\nmaster_key_file: {path}\ngenerate_key_file: true\n")
+    lines = "\n".join(summarise(parse(text), "c.yaml", "/"))
+    assert (
+        f"encryption: off for new objects; existing ones decrypt with key file-0 "
+        f"({path} (created on first start if missing)); decrypt-only keys: none"
+    ) in lines
