@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import boto3
@@ -84,3 +86,13 @@ def signed_request(
         )
     )
     return raw_request(server, method, path, body, all_headers)
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "condition") -> None:
+    """Poll ``condition`` until it holds, failing after ``timeout`` seconds."""
+    pause = threading.Event()
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        pause.wait(0.02)
