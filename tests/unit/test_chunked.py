@@ -18,7 +18,6 @@ from hypothesis import strategies as st
 
 from s3orch.s3api.chunked import MAX_LINE, ChunkedDecoder
 from s3orch.sigv4 import (
-    EMPTY_SHA256,
     STREAMING_PAYLOAD,
     STREAMING_PAYLOAD_TRAILER,
     STREAMING_UNSIGNED_PAYLOAD_TRAILER,
@@ -29,6 +28,7 @@ from s3orch.sigv4 import (
     sign_request,
     signing_key,
 )
+from s3orch.testing.aws_chunked import ChunkSigning, encode_aws_chunked
 
 AK = "AKIDCHUNKED"
 SK = "chunked-secret/+="
@@ -56,37 +56,14 @@ def encode(
     auth: AuthResult | None = None,
     trailers: Sequence[tuple[str, str]] = (),
 ) -> bytes:
-    """Our own aws-chunked encoder, written from the AWS documentation."""
-    signed = mode != STREAMING_UNSIGNED_PAYLOAD_TRAILER
-    previous = auth.signature if auth else ""
-    out = bytearray()
-    pieces = [payload[i : i + chunk_size] for i in range(0, len(payload), chunk_size)]
-    for data in [*pieces, b""]:
-        out += b"%x" % len(data)
-        if signed:
-            assert auth is not None
-            previous = _hmac(
-                auth,
-                f"AWS4-HMAC-SHA256-PAYLOAD\n{auth.timestamp}\n{auth.scope}\n{previous}\n"
-                f"{EMPTY_SHA256}\n{hashlib.sha256(data).hexdigest()}",
-            )
-            out += b";chunk-signature=" + previous.encode()
-        out += b"\r\n"
-        if data:
-            out += data + b"\r\n"
-    for name, value in trailers:
-        out += f"{name}:{value}\r\n".encode()
-    if mode == STREAMING_PAYLOAD_TRAILER:
+    """Frame ``payload`` with the shared encoder, signed as ``mode`` requires."""
+    signing = None
+    if mode != STREAMING_UNSIGNED_PAYLOAD_TRAILER:
         assert auth is not None
-        canonical = "".join(f"{n}:{v}\n" for n, v in trailers).encode()
-        signature = _hmac(
-            auth,
-            f"AWS4-HMAC-SHA256-TRAILER\n{auth.timestamp}\n{auth.scope}\n{previous}\n"
-            f"{hashlib.sha256(canonical).hexdigest()}",
-        )
-        out += f"x-amz-trailer-signature:{signature}\r\n".encode()
-    out += b"\r\n"
-    return bytes(out)
+        signing = ChunkSigning(auth.signing_key, auth.timestamp, auth.scope, auth.signature)
+    return encode_aws_chunked(
+        payload, chunk_size, signing, trailers, sign_trailers=mode == STREAMING_PAYLOAD_TRAILER
+    )
 
 
 def decode(
