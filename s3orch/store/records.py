@@ -66,3 +66,39 @@ class PendingDeletion:
 
 class NoSpace(Exception):
     """The backend has no room for the write."""
+
+
+@frozen
+class Upload:
+    """A multipart upload in progress.
+
+    Its parts are written to ``storage_key`` on ``backend`` (inside the
+    backend's own multipart upload ``backend_upload_id`` where it has one),
+    so completing never moves the bytes again.
+    """
+
+    upload_id: str
+    bucket: str
+    key: str
+    backend: str
+    storage_key: str
+    backend_upload_id: str
+    content_type: str
+    created_at: float
+    metadata: dict[str, str] = field(factory=dict)
+    headers: dict[str, str] = field(factory=dict)
+
+
+@frozen
+class Part:
+    """One uploaded part; ``etag`` is the hex MD5 of its bytes as the client sent them."""
+
+    part_number: int
+    etag: str
+    size: int
+    created_at: float
+    backend_etag: str = ""
+
+
+class TooManyUploads(Exception):
+    """The bucket already has its maximum number of multipart uploads in progress."""
