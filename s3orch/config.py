@@ -76,6 +76,7 @@ class ServerConfig:
     listen: str = "127.0.0.1:9000"
     max_object_size: int = 5 * GiB
     log_level: str = "info"
+    multipart_max_age: float = 24 * 3600.0  # seconds before an unfinished upload is aborted
 
     @property
     def listen_host(self) -> str:
@@ -108,6 +109,7 @@ class Credential:
 class BucketConfig:
     name: str
     credentials: tuple[Credential, ...]
+    max_multipart_uploads: int = 1000  # uploads in progress at once; 0 = unlimited
 
 
 @frozen
@@ -535,6 +537,21 @@ class _Section:
             return None
         return str(value)
 
+    def duration(self, key: str, default: float) -> float | None:
+        """Seconds from a number or a duration such as ``"24h"`` (must be positive)."""
+        if not self.has(key):
+            return default
+        value = self.value(key)
+        try:
+            seconds = parse_duration(value)
+        except ValueError:
+            self.problem(key, "must be a duration such as '90s', '30m' or '24h'")
+            return None
+        if seconds <= 0:
+            self.problem(key, "must be greater than 0")
+            return None
+        return seconds
+
     def integer(self, key: str, default: int, low: int, high: int) -> int | None:
         if not self.has(key):
             return default
@@ -639,10 +656,12 @@ def _read_server(section: _Section | None) -> ServerConfig:
     if max_object_size == 0:
         section.problem("max_object_size", "must be greater than 0")
     log_level = section.choice("log_level", LOG_LEVELS, default.log_level)
+    max_age = section.duration("multipart_max_age", default.multipart_max_age)
     return ServerConfig(
         listen=listen or default.listen,
         max_object_size=max_object_size or default.max_object_size,
         log_level=log_level or default.log_level,
+        multipart_max_age=max_age or default.multipart_max_age,
     )
 
 
@@ -694,7 +713,14 @@ def _read_buckets(root: _Section) -> tuple[BucketConfig, ...]:
         for credential in section.items("credentials", "credential", _field_names(Credential)):
             if credential is not None:
                 credentials.append(_read_credential(credential, access_keys, tokens))
-        buckets.append(BucketConfig(name=name or "", credentials=tuple(credentials)))
+        max_uploads = section.integer("max_multipart_uploads", 1000, 0, 1_000_000)
+        buckets.append(
+            BucketConfig(
+                name=name or "",
+                credentials=tuple(credentials),
+                max_multipart_uploads=1000 if max_uploads is None else max_uploads,
+            )
+        )
     return tuple(buckets)
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
@@ -17,19 +19,21 @@ from s3orch.backends.s3 import S3Backend, make_http_client
 from s3orch.config import BackendConfig, Config
 from s3orch.loops import PeriodicService
 from s3orch.metrics import REGISTRY
+from s3orch.objects.multipart import MultipartUploads
 from s3orch.objects.orchestrator import Orchestrator
 from s3orch.ops import HealthResource, MetricsResource, Root
 from s3orch.s3api.auth import Credentials
 from s3orch.s3api.request import S3Site
 from s3orch.s3api.resource import S3Context, S3Resource
 from s3orch.store.db import Database
+from s3orch.store.multipart import MultipartStore
 from s3orch.store.objects import MetadataStore
-from s3orch.streams import OrderedThreadCalls
 
 log = Logger()
 
 CLEANUP_INTERVAL = 60.0
 USAGE_INTERVAL = 15.0
+STALE_UPLOAD_INTERVAL = 600.0
 # An upload still unfinished after this long belonged to a process that died.
 UPLOAD_TIMEOUT = 6 * 3600.0
 # aws-chunked framing adds a little to the raw body; allow for it before refusing.
@@ -53,8 +57,13 @@ class S3OrchService(MultiService):
             b.name: MeteredBackend(self._backend(b), reactor) for b in config.backends
         }
         self.orchestrator = Orchestrator(self.store, backends, config.routing_strategy, reactor)
+        upload_limits = {b.name: b.max_multipart_uploads for b in config.buckets}
+        self.multipart = MultipartUploads(
+            self.orchestrator, MultipartStore(self.db), lambda bucket: upload_limits.get(bucket, 0)
+        )
         self.context = S3Context(
             orchestrator=self.orchestrator,
+            multipart=self.multipart,
             credentials=Credentials(config.buckets),
             buckets=config.buckets,
             clock=reactor,
@@ -74,7 +83,7 @@ class S3OrchService(MultiService):
             root,
             max_body,
             s3.start_upload,
-            lambda: OrderedThreadCalls(reactor, self.hash_pool),
+            partial(deferToThreadPool, reactor, self.hash_pool),
         )
         strports.service(config.server.listen_endpoint, site, reactor=reactor).setServiceParent(
             self
@@ -115,6 +124,12 @@ class S3OrchService(MultiService):
         for loop in (
             PeriodicService("cleanup", CLEANUP_INTERVAL, self._cleanup, self.reactor),
             PeriodicService("usage", USAGE_INTERVAL, self.orchestrator.usage, self.reactor, False),
+            PeriodicService(
+                "stale-uploads",
+                min(STALE_UPLOAD_INTERVAL, self.config.server.multipart_max_age / 4),
+                self._abort_stale,
+                self.reactor,
+            ),
         ):
             loop.setServiceParent(self)
 
@@ -125,6 +140,9 @@ class S3OrchService(MultiService):
     async def _refresh_gauges(self) -> None:
         if self.context.ready:
             await self.orchestrator.usage()
+
+    async def _abort_stale(self) -> None:
+        await self.multipart.abort_stale(self.config.server.multipart_max_age)
 
     async def _cleanup(self) -> None:
         await self.orchestrator.run_cleanup(UPLOAD_TIMEOUT)

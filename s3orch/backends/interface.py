@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from typing import Final
 
 from attrs import frozen
 from zope.interface import Attribute, Interface
@@ -16,6 +17,40 @@ class BackendError(Exception):
 
 class BackendNotFound(BackendError):
     """The backend holds no object under that key."""
+
+
+class BackendUploadNotFound(BackendError):
+    """The backend knows no multipart upload by that handle for that key.
+
+    It was never created, or was aborted or completed since.
+    """
+
+
+MIN_PART_NUMBER: Final = 1
+MAX_PART_NUMBER: Final = 10_000
+
+
+def check_part_number(part_number: int) -> None:
+    """Raise BackendError unless ``part_number`` is one S3 allows."""
+    if not MIN_PART_NUMBER <= part_number <= MAX_PART_NUMBER:
+        raise BackendError(
+            f"part number {part_number} outside {MIN_PART_NUMBER}..{MAX_PART_NUMBER}"
+        )
+
+
+def check_part_list(parts: Sequence[tuple[int, str]]) -> None:
+    """Raise BackendError unless ``parts`` is a non-empty, strictly ascending list of parts.
+
+    Checked before anything is sent, so a bad list fails the same way on every backend.
+    """
+    if not parts:
+        raise BackendError("a multipart upload is completed with at least one part")
+    previous = 0
+    for number, _etag in parts:
+        check_part_number(number)
+        if number <= previous:
+            raise BackendError("parts must be listed in strictly ascending order")
+        previous = number
 
 
 @frozen
@@ -66,3 +101,34 @@ class IBackend(Interface):
 
     def list(prefix: str = "") -> AsyncIterator[BackendObject]:
         """Yield every object whose key starts with ``prefix``, in key order."""
+
+    async def create_multipart(key: str) -> str:
+        """Start a multipart upload that will become ``key``; returns the backend's handle.
+
+        The handle is opaque and only good for ``key``.
+        """
+
+    async def upload_part(
+        key: str, handle: str, part_number: int, body: AsyncIterator[bytes], length: int
+    ) -> str:
+        """Store exactly ``length`` bytes as part ``part_number`` (1..10000) of the upload.
+
+        An earlier part with that number is replaced. Returns the backend's
+        ETag for the part (hex, no quotes). Atomic as ``put`` is: if the body
+        fails or has the wrong length, the earlier part (if any) is intact and
+        no partial part is left. Raises BackendUploadNotFound for a handle the
+        backend does not know for ``key``.
+        """
+
+    async def complete_multipart(key: str, handle: str, parts: Sequence[tuple[int, str]]) -> None:
+        """Assemble the listed parts (number, backend ETag), ascending, into ``key``.
+
+        Parts not listed are discarded. The bytes never pass through s3orch:
+        the backend assembles them itself. Afterwards ``key`` reads, describes
+        and deletes like a put object, and the handle is gone. If a listed
+        part is missing or its ETag differs, BackendError is raised and no
+        object is written.
+        """
+
+    async def abort_multipart(key: str, handle: str) -> None:
+        """Discard the upload and its parts; an unknown or finished handle succeeds."""

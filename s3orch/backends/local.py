@@ -42,6 +42,21 @@ and the parent directory fsynced; a failed write removes its temp file. A
 crash can leave stale files in ``.tmp`` (never a partial object); they are
 not listed. Deleting prunes directories left empty.
 
+Multipart uploads are staged under ``<root>/.multipart/``, never listed::
+
+    .multipart/<handle>/key             the key the upload becomes (UTF-8)
+    .multipart/<handle>/<NNNNN>/<etag>  part NNNNN (five digits), named by its MD5
+
+The handle is 32 random hex digits. A part is written like an object (temp
+file, fsync, rename) and then replaces any other version of that number, so
+a failed upload leaves the earlier part intact. Complete checks that every
+listed part exists under its ETag, then copies the parts into a temp file
+with ``copy_file_range`` (falling back to ``sendfile``, then to reads and
+writes, all in the thread pool), fsyncs it and renames it into place like a
+put. Abort and Complete first rename the upload's directory into ``.tmp``
+(after which no part can land in it), then remove it. A crash can leave an
+upload directory behind; it is inert until aborted.
+
 All file-system work runs in the injected thread pool; the reactor only
 shuffles chunks. Directory creation/rename and unlink/prune hold one lock so
 a delete never removes a directory a concurrent put is renaming into. Only
@@ -52,11 +67,16 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import errno
+import hashlib
 import os
+import re
+import secrets
+import shutil
 import stat
 import tempfile
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import IO
 
@@ -72,7 +92,10 @@ from s3orch.backends.interface import (
     BackendNotFound,
     BackendObject,
     BackendRead,
+    BackendUploadNotFound,
     IBackend,
+    check_part_list,
+    check_part_number,
 )
 from s3orch.streams import (
     DEFAULT_READ_SIZE,
@@ -86,9 +109,19 @@ from s3orch.streams import (
 log = Logger()
 
 TEMP_DIR = ".tmp"
+MULTIPART_DIR = ".multipart"
+UPLOAD_KEY_FILE = "key"
 MAX_PIECE = 199  # plus the one-character suffix: components are at most 200 bytes
 MAX_FOLDERS = 32
 DEFAULT_WRITE_SIZE = 1024 * 1024
+KERNEL_COPY_SIZE = 1 << 30  # per copy_file_range/sendfile call
+
+_HANDLE = re.compile(r"[0-9a-f]{32}")
+_MD5_HEX = re.compile(r"[0-9a-f]{32}")
+# copy_file_range/sendfile refusing this pair of files: try the next way.
+_COPY_UNSUPPORTED = frozenset(
+    {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP}
+)
 
 _PLAIN = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-.")
 _DOT = ord(".")
@@ -208,6 +241,25 @@ class _BackendErrors:
         await self._source.aclose()
 
 
+@define
+class _Temp:
+    """A temp file being written: closed at most once, removed unless renamed into place."""
+
+    fd: int | None
+    path: str
+
+    def fileno(self) -> int:
+        if self.fd is None:
+            raise ValueError("temp file already closed")
+        return self.fd
+
+    def close(self) -> None:
+        # Never closed twice: the number may belong to another file by then.
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
 @implementer(IBackend)
 @define
 class LocalBackend:
@@ -224,6 +276,7 @@ class LocalBackend:
     read_size: int = DEFAULT_READ_SIZE
     write_size: int = DEFAULT_WRITE_SIZE
     _namespace_lock: threading.Lock = field(init=False, factory=threading.Lock)
+    _parts_lock: threading.Lock = field(init=False, factory=threading.Lock)
 
     def path_for(self, key: str) -> Path:
         """Where ``key`` is (or would be) stored."""
@@ -231,23 +284,37 @@ class LocalBackend:
 
     async def put(self, key: str, body: AsyncIterator[bytes], length: int) -> None:
         if length < 0:
-            raise BackendError("negative length")
+            with contextlib.suppress(Exception):
+                await close_source(body)
+            raise BackendError(f"{self.name}: negative length")
         target = self.path_for(key)
         calls = OrderedThreadCalls(self.reactor, self.threadpool)
+        await self._store(calls, body, length, "put-", lambda temp: self._commit(temp, target))
+
+    async def _store(
+        self,
+        calls: OrderedThreadCalls,
+        body: AsyncIterator[bytes],
+        length: int,
+        prefix: str,
+        commit: Callable[[_Temp], None],
+        digest: hashlib._Hash | None = None,
+    ) -> None:
+        """Write ``body`` to a temp file, then ``commit`` it (in a thread); or leave nothing."""
         try:
-            fd, temp = await calls.call(self._open_temp)
+            temp = await calls.call(self._open_temp, prefix)
         except OSError as e:
             with contextlib.suppress(Exception):
                 await close_source(body)
             raise BackendError(f"{self.name}: cannot create a temp file: {e}") from e
         try:
-            await self._write_all(calls, fd, body, length)
+            await self._write_all(calls, temp, body, length, digest)
             try:
-                await calls.call(self._commit, fd, temp, target)
+                await calls.call(commit, temp)
             except OSError as e:
                 raise BackendError(f"{self.name}: cannot store: {e}") from e
         except BaseException as failure:
-            await calls.call(self._discard, fd, temp)
+            await calls.call(self._discard, temp)
             with contextlib.suppress(Exception):
                 await close_source(body)
             if isinstance(failure, LengthMismatch):
@@ -255,7 +322,12 @@ class LocalBackend:
             raise
 
     async def _write_all(
-        self, calls: OrderedThreadCalls, fd: int, body: AsyncIterator[bytes], length: int
+        self,
+        calls: OrderedThreadCalls,
+        temp: _Temp,
+        body: AsyncIterator[bytes],
+        length: int,
+        digest: hashlib._Hash | None,
     ) -> None:
         # One write may run in a thread while the next buffer fills.
         pulled = 0
@@ -273,14 +345,14 @@ class LocalBackend:
             if buffered >= self.write_size:
                 if writing is not None:
                     await self._disk(writing)
-                writing = calls.call(_write_fully, fd, b"".join(buffer))
+                writing = calls.call(_write_temp, temp, b"".join(buffer), digest)
                 buffer, buffered = [], 0
         if writing is not None:
             await self._disk(writing)
         if pulled != length:
             raise LengthMismatch(f"body ended after {pulled} of {length} bytes")
         if buffer:
-            await self._disk(calls.call(_write_fully, fd, b"".join(buffer)))
+            await self._disk(calls.call(_write_temp, temp, b"".join(buffer), digest))
 
     async def _disk(self, d: Deferred[None]) -> None:
         try:
@@ -345,30 +417,193 @@ class LocalBackend:
         for item in found:
             yield item
 
+    async def create_multipart(self, key: str) -> str:
+        calls = OrderedThreadCalls(self.reactor, self.threadpool)
+        try:
+            return await calls.call(self._create_upload, key)
+        except OSError as e:
+            raise BackendError(f"{self.name}: cannot start a multipart upload: {e}") from e
+
+    async def upload_part(
+        self, key: str, handle: str, part_number: int, body: AsyncIterator[bytes], length: int
+    ) -> str:
+        calls = OrderedThreadCalls(self.reactor, self.threadpool)
+        try:
+            check_part_number(part_number)
+            if length < 0:
+                raise BackendError("negative length")
+            directory = await calls.call(self._upload_directory, key, handle)
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                await close_source(body)
+            if isinstance(e, OSError):
+                raise BackendError(f"{self.name}: cannot find the upload: {e}") from e
+            if type(e) is BackendError:
+                raise BackendError(f"{self.name}: {e}") from e
+            raise
+        digest = hashlib.md5(usedforsecurity=False)
+
+        def commit(temp: _Temp) -> None:
+            self._commit_part(temp, directory, part_number, digest.hexdigest())
+
+        await self._store(calls, body, length, "part-", commit, digest)
+        return digest.hexdigest()
+
+    async def complete_multipart(
+        self, key: str, handle: str, parts: Sequence[tuple[int, str]]
+    ) -> None:
+        try:
+            check_part_list(parts)
+        except BackendError as e:
+            raise BackendError(f"{self.name}: {e}") from e
+        target = self.path_for(key)
+        calls = OrderedThreadCalls(self.reactor, self.threadpool)
+        try:
+            directory = await calls.call(self._upload_directory, key, handle)
+            sources = await calls.call(self._find_parts, directory, parts)
+            temp = await calls.call(self._open_temp, "complete-")
+        except OSError as e:
+            raise BackendError(f"{self.name}: cannot complete the upload: {e}") from e
+        try:
+            # One call per part, so a cancelled Complete stops between parts.
+            for source in sources:
+                await calls.call(_append_file, source, temp)
+            await calls.call(self._commit, temp, target)
+        except BaseException as failure:
+            await calls.call(self._discard, temp)
+            if isinstance(failure, OSError):
+                raise BackendError(f"{self.name}: cannot assemble: {failure}") from failure
+            raise
+        try:
+            await calls.call(self._remove_upload, handle)
+        except OSError:
+            # The object is complete; the staging directory is only garbage now.
+            log.failure("{backend}: could not remove a completed upload", backend=self.name)
+
+    async def abort_multipart(self, key: str, handle: str) -> None:
+        calls = OrderedThreadCalls(self.reactor, self.threadpool)
+        try:
+            await calls.call(self._remove_upload, handle)
+        except OSError as e:
+            raise BackendError(f"{self.name}: cannot abort the upload: {e}") from e
+
     # Everything below runs in the thread pool.
 
-    def _open_temp(self) -> tuple[int, str]:
+    def _open_temp(self, prefix: str) -> _Temp:
         temp_dir = self.root / TEMP_DIR
         temp_dir.mkdir(parents=True, exist_ok=True)
-        return tempfile.mkstemp(dir=temp_dir, prefix="put-")
+        fd, path = tempfile.mkstemp(dir=temp_dir, prefix=prefix)
+        return _Temp(fd, path)
 
-    def _commit(self, fd: int, temp: str, target: Path) -> None:
-        os.fsync(fd)
-        os.close(fd)
+    def _commit(self, temp: _Temp, target: Path) -> None:
+        os.fsync(temp.fileno())
+        temp.close()
         with self._namespace_lock:
             target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(temp, target)
+            os.replace(temp.path, target)
         _fsync_directory(target.parent)
 
-    def _discard(self, fd: int, temp: str) -> None:
-        with contextlib.suppress(OSError):  # already closed by a failed commit
-            os.close(fd)
+    def _discard(self, temp: _Temp) -> None:
         try:
-            os.unlink(temp)
-        except FileNotFoundError:
-            pass  # renamed into place before the failure, or never created
+            temp.close()
         except OSError:
-            log.failure("could not remove temp file {temp}", temp=temp)
+            log.failure("could not close temp file {temp}", temp=temp.path)
+        try:
+            os.unlink(temp.path)
+        except FileNotFoundError:
+            pass  # renamed into place before the failure
+        except OSError:
+            log.failure("could not remove temp file {temp}", temp=temp.path)
+
+    def _upload_path(self, handle: str) -> Path | None:
+        """Where upload ``handle`` is staged; None for a string no upload could have."""
+        if not _HANDLE.fullmatch(handle):
+            return None
+        return self.root / MULTIPART_DIR / handle
+
+    def _create_upload(self, key: str) -> str:
+        uploads = self.root / MULTIPART_DIR
+        uploads.mkdir(parents=True, exist_ok=True)
+        handle = secrets.token_hex(16)
+        directory = uploads / handle
+        directory.mkdir()
+        fd = os.open(directory / UPLOAD_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            _write_fully(fd, _key_bytes(key))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        _fsync_directory(directory)
+        _fsync_directory(uploads)
+        return handle
+
+    def _upload_directory(self, key: str, handle: str) -> Path:
+        """The staging directory of ``handle``, which must be an upload of ``key``."""
+        directory = self._upload_path(handle)
+        if directory is not None:
+            try:
+                bound_to = (directory / UPLOAD_KEY_FILE).read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
+                bound_to = None
+            if bound_to == _key_bytes(key):
+                return directory
+        raise BackendUploadNotFound(f"{self.name}: no multipart upload {handle!r} for that key")
+
+    def _commit_part(self, temp: _Temp, directory: Path, part_number: int, etag: str) -> None:
+        os.fsync(temp.fileno())
+        temp.close()
+        slot = directory / f"{part_number:05d}"
+        # Under the lock, the last part renamed in is the one that stays.
+        with self._parts_lock:
+            try:
+                try:
+                    slot.mkdir()
+                    created = True
+                except FileExistsError:
+                    created = False
+                os.replace(temp.path, slot / etag)
+            except (FileNotFoundError, NotADirectoryError) as e:
+                raise BackendUploadNotFound(
+                    f"{self.name}: the upload was aborted or completed meanwhile"
+                ) from e
+            for entry in os.scandir(slot):
+                if entry.name != etag:
+                    os.unlink(entry.path)
+        _fsync_directory(slot)
+        if created:
+            _fsync_directory(directory)
+
+    def _find_parts(self, directory: Path, parts: Sequence[tuple[int, str]]) -> builtins.list[Path]:
+        found = []
+        for number, etag in parts:
+            wanted = etag.strip().strip('"').lower()
+            path = directory / f"{number:05d}" / wanted
+            try:
+                if _MD5_HEX.fullmatch(wanted) and stat.S_ISREG(os.stat(path).st_mode):
+                    found.append(path)
+                    continue
+            except (FileNotFoundError, NotADirectoryError):
+                pass
+            raise BackendError(f"{self.name}: part {number} is missing or its ETag is not {etag!r}")
+        return found
+
+    def _remove_upload(self, handle: str) -> None:
+        directory = self._upload_path(handle)
+        if directory is None:
+            return
+        # Renamed away first: no part can land in it afterwards, and no half-removed
+        # upload is ever visible under its handle.
+        trash_dir = self.root / TEMP_DIR
+        trash = trash_dir / f"upload-{handle}-{secrets.token_hex(4)}"
+        try:
+            trash_dir.mkdir(parents=True, exist_ok=True)
+            os.rename(directory, trash)
+        except (FileNotFoundError, NotADirectoryError):
+            return  # never created, or already aborted or completed
+        try:
+            shutil.rmtree(trash)
+        except OSError:
+            log.failure("could not remove {trash}", trash=str(trash))
 
     def _unlink(self, path: Path) -> None:
         with self._namespace_lock:
@@ -401,7 +636,7 @@ class LocalBackend:
             except (FileNotFoundError, NotADirectoryError):
                 continue
             for entry in entries:
-                if not parts and entry.name == TEMP_DIR:
+                if not parts and entry.name in (TEMP_DIR, MULTIPART_DIR):
                     continue
                 entry_parts = [*parts, entry.name]
                 try:
@@ -422,11 +657,65 @@ class LocalBackend:
         return found
 
 
+def _key_bytes(key: str) -> bytes:
+    return key.encode("utf-8", "surrogatepass")
+
+
 def _write_fully(fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         written = os.write(fd, view)
         view = view[written:]
+
+
+def _write_temp(temp: _Temp, data: bytes, digest: hashlib._Hash | None) -> None:
+    if digest is not None:
+        digest.update(data)  # here, so hashing stays off the reactor
+    _write_fully(temp.fileno(), data)
+
+
+def _append_file(source: Path, temp: _Temp) -> None:
+    """Append the whole of ``source`` to ``temp``, in the kernel where it can."""
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        _copy_fd(fd, temp.fileno(), os.fstat(fd).st_size)
+    finally:
+        os.close(fd)
+
+
+def _copy_fd(source: int, target: int, count: int) -> None:
+    """Copy ``count`` bytes from ``source``'s position to ``target``'s, advancing both.
+
+    ``copy_file_range`` first (no bytes enter user space; reflinks on file
+    systems that have them), then ``sendfile``, then plain reads and writes
+    for file systems that refuse both.
+    """
+    remaining = count
+    for copy in (_kernel_copy_file_range, _kernel_sendfile, _read_write):
+        try:
+            while remaining:
+                copied = copy(source, target, min(remaining, KERNEL_COPY_SIZE))
+                if copied == 0:
+                    raise BackendError(f"part file ended with {remaining} bytes still expected")
+                remaining -= copied
+            return
+        except OSError as e:
+            if e.errno not in _COPY_UNSUPPORTED or copy is _read_write:
+                raise
+
+
+def _kernel_copy_file_range(source: int, target: int, count: int) -> int:
+    return os.copy_file_range(source, target, count)
+
+
+def _kernel_sendfile(source: int, target: int, count: int) -> int:
+    return os.sendfile(target, source, None, count)
+
+
+def _read_write(source: int, target: int, count: int) -> int:
+    data = os.read(source, min(count, DEFAULT_WRITE_SIZE))
+    _write_fully(target, data)
+    return len(data)
 
 
 def _open_for_reading(path: Path) -> tuple[IO[bytes], int]:

@@ -88,7 +88,7 @@ class Orchestrator:
         InsufficientStorage before reading any byte if nothing has room,
         BadDigest or IncompleteBody if the body is wrong (nothing is stored).
         """
-        digest = _Digest(size, content_md5, body_md5)
+        digest = Digest(size, content_md5, body_md5)
         copy = await self.reserve(size)
         try:
             await self.backends[copy.backend].put(copy.storage_key, digest.pass_through(body), size)
@@ -157,7 +157,7 @@ class Orchestrator:
     async def remove(self, deletions: Sequence[PendingDeletion]) -> None:
         """Delete copies no version refers to; failures stay queued for the cleanup loop."""
         for pending in deletions:
-            await self._delete_pending(pending.backend, pending.storage_key)
+            await self._delete_pending(pending)
 
     async def run_cleanup(self, upload_timeout: float, batch: int = 100) -> int:
         """Retry queued deletions and reclaim uploads a crash abandoned; returns deletions done."""
@@ -168,19 +168,25 @@ class Orchestrator:
         due = await self.store.due_deletions(now, batch)
         done = 0
         for pending in due:
-            done += await self._delete_pending(pending.backend, pending.storage_key)
+            done += await self._delete_pending(pending)
         return done
 
     async def _abandon(self, copy: StoredCopy) -> None:
         try:
-            await self.store.abandon(copy.storage_key, self.clock.seconds())
+            pending = await self.store.abandon(copy.storage_key, self.clock.seconds())
         except Exception:
             log.failure("could not mark {storage_key} abandoned", storage_key=copy.storage_key)
             return
-        await self._delete_pending(copy.backend, copy.storage_key)
+        # No row means nothing was counted, but the bytes may still be there.
+        await self._delete_pending(
+            pending or PendingDeletion(copy.backend, copy.storage_key, copy.stored_size, 0)
+        )
 
-    async def _delete_pending(self, backend: str, storage_key: str) -> int:
+    async def _delete_pending(self, pending: PendingDeletion) -> int:
+        backend, storage_key = pending.backend, pending.storage_key
         try:
+            if pending.multipart_id is not None:
+                await self.backends[backend].abort_multipart(storage_key, pending.multipart_id)
             await self.backends[backend].delete(storage_key)
         except Exception as e:
             metrics.cleanup_deletions_total.labels("error").inc()
@@ -202,7 +208,7 @@ class Orchestrator:
         return 1
 
 
-class _Digest:
+class Digest:
     """Hashes a body on its way through and checks it before the last byte leaves.
 
     Holding back the final chunk until the length and Content-MD5 check out

@@ -12,8 +12,7 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from s3orch.httputil import enlarge_reads
-from s3orch.s3api.spool import BodyLost, Spool
-from s3orch.streams import OrderedThreadCalls
+from s3orch.s3api.spool import BodyLost, InThread, Spool
 
 # PUT bodies larger than this start their upload before the whole body is in.
 EARLY_UPLOAD_MIN = 1024 * 1024
@@ -46,7 +45,7 @@ class S3Request(Request):
 
     max_body: int = 5 * 1024**3
     start_upload: Callable[[S3Request, bytes, bytes], Deferred[Any] | None] | None = None
-    hasher: Callable[[], OrderedThreadCalls] | None = None
+    hasher: InThread | None = None
     body_too_large: bool = False
     spool: Spool | None = None
     early_upload: Deferred[Any] | None = None
@@ -59,8 +58,7 @@ class S3Request(Request):
             self.content = _Discard()
             return
         declared = (self.requestHeaders.getRawHeaders(b"x-amz-content-sha256") or [b""])[0]
-        hasher = self.hasher() if self.hasher is not None else None
-        self.spool = Spool(length, declared.decode("latin-1"), hasher)
+        self.spool = Spool(length, declared.decode("latin-1"), self.hasher)
         self.content = self.spool.file
         if length is None or length <= EARLY_UPLOAD_MIN:
             return
@@ -103,7 +101,7 @@ class S3Site(Site):
         resource: IResource,
         max_body: int,
         start_upload: Callable[[S3Request, bytes, bytes], Deferred[Any] | None] | None = None,
-        hasher: Callable[[], OrderedThreadCalls] | None = None,
+        hasher: InThread | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(resource, **kwargs)

@@ -24,12 +24,15 @@ from s3orch.backends.interface import BackendError
 from s3orch.config import BucketConfig
 from s3orch.httputil import serve_async
 from s3orch.objects import errors as core
+from s3orch.objects import multipart
+from s3orch.objects.multipart import MultipartUploads
 from s3orch.objects.orchestrator import Orchestrator
 from s3orch.s3api import operations
 from s3orch.s3api.auth import Credentials, Principal
 from s3orch.s3api.errors import S3Error
 from s3orch.s3api.request import S3Request
 from s3orch.sigv4 import SignedRequest
+from s3orch.store.records import TooManyUploads
 
 log = Logger()
 
@@ -54,6 +57,7 @@ class S3Context:
     """Everything the operations need from the server."""
 
     orchestrator: Orchestrator
+    multipart: MultipartUploads
     credentials: Credentials
     buckets: tuple[BucketConfig, ...]
     clock: IReactorTime
@@ -130,7 +134,7 @@ class S3Resource(Resource):
             return None
         try:
             call = self._parse(request, method, uri)
-            upload = operations.early_put(self.context, call)
+            upload = operations.early_upload(self.context, call)
         except Exception:
             return fail()
         if upload is None:
@@ -222,6 +226,20 @@ _CORE_ERRORS: dict[type[Exception], Callable[[Exception], S3Error]] = {
     core.IncompleteBody: lambda e: S3Error("IncompleteBody", str(e)),
     core.Unavailable: lambda e: S3Error(
         "ServiceUnavailable", "No copy of the object could be read; try again later."
+    ),
+    multipart.NoSuchUpload: lambda e: S3Error(
+        "NoSuchUpload",
+        "The specified upload does not exist. The upload ID may be invalid, or the upload may"
+        " have been aborted or completed.",
+        UploadId=str(e),
+    ),
+    multipart.InvalidPart: lambda e: S3Error("InvalidPart", str(e)),
+    multipart.InvalidPartOrder: lambda e: S3Error("InvalidPartOrder", str(e)),
+    multipart.EntityTooSmall: lambda e: S3Error(
+        "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed object size."
+    ),
+    TooManyUploads: lambda e: S3Error(
+        "SlowDown", "Too many multipart uploads in progress for this bucket; try again later."
     ),
     BackendError: lambda e: S3Error(
         "ServiceUnavailable", "A storage backend failed; try again later."

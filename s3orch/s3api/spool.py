@@ -13,15 +13,17 @@ import io
 import os
 import re
 import tempfile
-from typing import IO
+from collections.abc import Callable
+from typing import IO, Any
 
 from twisted.internet.defer import Deferred
-
-from s3orch.streams import OrderedThreadCalls
+from twisted.python.failure import Failure
 
 # Bodies up to this size stay in memory; larger ones go to a temporary file.
 MEMORY_LIMIT = 256 * 1024
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
+HASH_BLOCK = 1024 * 1024
+InThread = Callable[..., Deferred[Any]]
 
 
 class BodyDigests:
@@ -58,6 +60,18 @@ class BodyDigests:
         return self._sha256.hexdigest() if self._sha256 is not None else None
 
 
+def _hash_file(fd: int, digests: BodyDigests, start: int, end: int) -> int:
+    """Hash bytes start..end of a spool file (runs in a thread); returns where it stopped."""
+    offset = start
+    while offset < end:
+        block = os.pread(fd, min(HASH_BLOCK, end - offset), offset)
+        if not block:
+            raise OSError("spool file shorter than written")
+        digests.update(block)
+        offset += len(block)
+    return offset
+
+
 class BodyLost(Exception):
     """The client went away before its whole body arrived."""
 
@@ -65,12 +79,14 @@ class BodyLost(Exception):
 class Spool:
     """The body written so far, readable at any offset, waiting for what is missing.
 
-    With a ``hasher``, large bodies are hashed in a thread (hashlib releases
-    the GIL), so the reactor keeps moving bytes while the digests are taken.
+    With a ``hasher`` (a function running a call in a thread pool), large
+    bodies are hashed in a thread that reads them back from the file at its
+    own pace (hashlib releases the GIL), so the reactor keeps moving bytes
+    and nothing waiting to be hashed is held in memory.
     """
 
     def __init__(
-        self, length: int | None, content_sha256: str, hasher: OrderedThreadCalls | None = None
+        self, length: int | None, content_sha256: str, hasher: InThread | None = None
     ) -> None:
         self.file: IO[bytes]
         if length is not None and length <= MEMORY_LIMIT:
@@ -82,7 +98,10 @@ class Spool:
             self.file = tempfile.TemporaryFile(prefix="s3orch-body-", buffering=0)  # noqa: SIM115
         self.digests = BodyDigests.for_header(content_sha256)
         self._hasher = hasher if self._memory is None else None
-        self._hashed: Deferred[None] | None = None
+        self._hashing: Deferred[int] | None = None
+        self._hashed_to = 0
+        self._hash_error: BaseException | None = None
+        self._all_hashed: list[Deferred[None]] = []
         self.written = 0
         self.complete = False
         self._error: BaseException | None = None
@@ -92,11 +111,36 @@ class Spool:
         self.file.write(data)
         self.written += len(data)
         if self.digests is not None:
-            if self._hasher is not None:
-                self._hashed = self._hasher.call(self.digests.update, data)
-            else:
+            if self._hasher is None:
                 self.digests.update(data)
+            elif self._hashing is None:
+                self._hash_more()
         self._wake()
+
+    def _hash_more(self) -> None:
+        assert self._hasher is not None and self.digests is not None
+        self._hashing = self._hasher(
+            _hash_file, self.file.fileno(), self.digests, self._hashed_to, self.written
+        )
+        self._hashing.addCallbacks(self._hashed, self._hash_failed)
+
+    def _hashed(self, offset: int) -> None:
+        self._hashed_to = offset
+        self._hashing = None
+        if self._hash_error is None and offset < self.written:
+            self._hash_more()
+        elif self.complete:
+            self._release_hash_waiters()
+
+    def _hash_failed(self, failure: Failure) -> None:
+        self._hashing = None
+        self._hash_error = failure.value
+        self._release_hash_waiters()
+
+    def _release_hash_waiters(self) -> None:
+        waiting, self._all_hashed = self._all_hashed, []
+        for d in waiting:
+            d.callback(None)
 
     def finish(self) -> None:
         self.complete = True
@@ -125,9 +169,15 @@ class Spool:
     async def digested(self) -> BodyDigests | None:
         """The body's digests, once the whole body is in and hashed."""
         assert self.complete, "digests of an incomplete body"
-        hashed, self._hashed = self._hashed, None
-        if hashed is not None:
-            await hashed
+        if self._hasher is not None and self.digests is not None:
+            if self._hashing is not None or self._hashed_to < self.written:
+                waiting: Deferred[None] = Deferred()
+                self._all_hashed.append(waiting)
+                if self._hashing is None:
+                    self._hash_more()
+                await waiting
+            if self._hash_error is not None:
+                raise BodyLost(f"the body could not be hashed: {self._hash_error}")
         return self.digests
 
     def close(self) -> None:

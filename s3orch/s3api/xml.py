@@ -8,6 +8,7 @@ from urllib.parse import quote
 from xml.sax.saxutils import escape
 
 from s3orch.objects.listing import ListPage
+from s3orch.store.records import Part, Upload
 
 NAMESPACE = "http://s3.amazonaws.com/doc/2006-03-01/"
 OWNER_ID = "s3orch"
@@ -105,3 +106,105 @@ def list_objects(
     for common in page.common_prefixes:
         parts.append(f"<CommonPrefixes>{_element('Prefix', enc(common))}</CommonPrefixes>")
     return _document("ListBucketResult", "".join(parts))
+
+
+def initiate_multipart(bucket: str, key: str, upload_id: str) -> bytes:
+    body = _element("Bucket", bucket) + _element("Key", key) + _element("UploadId", upload_id)
+    return _document("InitiateMultipartUploadResult", body)
+
+
+def complete_multipart(location: str, bucket: str, key: str, etag: str) -> bytes:
+    body = (
+        _element("Location", location)
+        + _element("Bucket", bucket)
+        + _element("Key", key)
+        + _element("ETag", f'"{etag}"')
+    )
+    return _document("CompleteMultipartUploadResult", body)
+
+
+def _initiator() -> str:
+    return f"<Initiator>{_element('ID', OWNER_ID)}{_element('DisplayName', OWNER_ID)}</Initiator>"
+
+
+def list_parts(
+    upload: Upload, parts: Sequence[Part], marker: int, max_parts: int, truncated: bool
+) -> bytes:
+    items = "".join(
+        "<Part>"
+        + _element("PartNumber", str(p.part_number))
+        + _element("LastModified", iso8601(p.created_at))
+        + _element("ETag", f'"{p.etag}"')
+        + _element("Size", str(p.size))
+        + "</Part>"
+        for p in parts
+    )
+    next_marker = parts[-1].part_number if parts else marker
+    body = (
+        _element("Bucket", upload.bucket)
+        + _element("Key", upload.key)
+        + _element("UploadId", upload.upload_id)
+        + _initiator()
+        + _owner()
+        + _element("StorageClass", "STANDARD")
+        + _element("PartNumberMarker", str(marker))
+        + _element("NextPartNumberMarker", str(next_marker))
+        + _element("MaxParts", str(max_parts))
+        + _element("IsTruncated", "true" if truncated else "false")
+        + items
+    )
+    return _document("ListPartsResult", body)
+
+
+def list_uploads(
+    bucket: str,
+    uploads: Sequence[Upload],
+    prefixes: Sequence[str],
+    *,
+    prefix: str,
+    delimiter: str,
+    key_marker: str,
+    upload_id_marker: str,
+    max_uploads: int,
+    truncated: bool,
+    url_encode: bool,
+) -> bytes:
+    def enc(value: str) -> str:
+        return quote(value, safe="/") if url_encode else value
+
+    parts = [
+        _element("Bucket", bucket),
+        _element("KeyMarker", enc(key_marker)),
+        _element("UploadIdMarker", upload_id_marker),
+    ]
+    if truncated:
+        last_upload = uploads[-1] if uploads else None
+        last_prefix = prefixes[-1] if prefixes else None
+        if last_prefix is not None and (last_upload is None or last_prefix > last_upload.key):
+            parts += [_element("NextKeyMarker", enc(last_prefix)), "<NextUploadIdMarker/>"]
+        elif last_upload is not None:
+            parts += [
+                _element("NextKeyMarker", enc(last_upload.key)),
+                _element("NextUploadIdMarker", last_upload.upload_id),
+            ]
+    parts.append(_element("Prefix", enc(prefix)))
+    if delimiter:
+        parts.append(_element("Delimiter", enc(delimiter)))
+    parts.append(_element("MaxUploads", str(max_uploads)))
+    if url_encode:
+        parts.append(_element("EncodingType", "url"))
+    parts.append(_element("IsTruncated", "true" if truncated else "false"))
+    for upload in uploads:
+        parts.append(
+            "<Upload>"
+            + _element("Key", enc(upload.key))
+            + _element("UploadId", upload.upload_id)
+            + _initiator()
+            + _owner()
+            + _element("StorageClass", "STANDARD")
+            + _element("Initiated", iso8601(upload.created_at))
+            + "</Upload>"
+        )
+    for common in prefixes:
+        parts.append(f"<CommonPrefixes>{_element('Prefix', enc(common))}</CommonPrefixes>")
+    return _document("ListMultipartUploadsResult", "".join(parts))

@@ -145,7 +145,58 @@ def _remove_version(
         delta.used -= size
         delta.count -= 1
         delta.pending += size
-        displaced.append(PendingDeletion(backend, storage_key, size, 0))
+        displaced.append(PendingDeletion(backend, storage_key, size, 0, None))
+    return displaced
+
+
+def commit_version(cur: Cursor, version: ObjectVersion, at: int) -> list[PendingDeletion]:
+    """Make ``version`` current inside the caller's transaction; see ``MetadataStore.commit``.
+
+    Shared with completing a multipart upload, whose bytes are committed exactly
+    like a PUT's. ``at`` is in microseconds.
+    """
+    _lock_object(cur, version.bucket, version.key)
+    deltas: dict[str, _Delta] = {}
+    for copy in sorted(version.copies, key=lambda c: c.storage_key):
+        cur.execute(
+            "DELETE FROM pending WHERE storage_key = ? AND state = 'upload'"
+            " RETURNING backend, size",
+            (copy.storage_key,),
+        )
+        rows = cur.fetchall()
+        if not rows:
+            raise ReservationLost(copy.storage_key)
+        backend, reserved = rows[0]
+        if backend != copy.backend:
+            raise ValueError(
+                f"{copy.storage_key!r} was reserved on {backend!r}, not {copy.backend!r}"
+            )
+        delta = deltas.setdefault(backend, _Delta())
+        delta.pending -= int(reserved)
+        delta.used += copy.stored_size
+        delta.count += 1
+        delta.growth += copy.stored_size - int(reserved)
+    displaced = _remove_version(cur, version.bucket, version.key, at, deltas)
+    cur.execute(
+        "INSERT INTO objects (bucket, key, version_id, size, etag, content_type,"
+        " metadata, headers, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            version.bucket,
+            version.key,
+            version.version_id,
+            version.size,
+            version.etag,
+            version.content_type,
+            _json(version.metadata),
+            _json(version.headers),
+            _micros(version.created_at),
+        ),
+    )
+    cur.executemany(
+        "INSERT INTO copies (version_id, backend, storage_key, stored_size) VALUES (?, ?, ?, ?)",
+        [(version.version_id, c.backend, c.storage_key, c.stored_size) for c in version.copies],
+    )
+    _apply(cur, deltas, at)
     return displaced
 
 
@@ -171,9 +222,13 @@ def _version(row: tuple[Any, ...], copies: tuple[StoredCopy, ...] = ()) -> Objec
     )
 
 
+# The columns _deletion reads from a pending row.
+_DELETION_COLUMNS = "backend, storage_key, size, attempts, multipart_id"
+
+
 def _deletion(row: tuple[Any, ...]) -> PendingDeletion:
-    backend, storage_key, size, attempts = row
-    return PendingDeletion(backend, storage_key, int(size), int(attempts))
+    backend, storage_key, size, attempts, multipart_id = row
+    return PendingDeletion(backend, storage_key, int(size), int(attempts), multipart_id)
 
 
 @define
@@ -257,53 +312,7 @@ class MetadataStore:
         at = _micros(now)
 
         def txn(cur: Cursor) -> list[PendingDeletion]:
-            _lock_object(cur, version.bucket, version.key)
-            deltas: dict[str, _Delta] = {}
-            for copy in sorted(version.copies, key=lambda c: c.storage_key):
-                cur.execute(
-                    "DELETE FROM pending WHERE storage_key = ? AND state = 'upload'"
-                    " RETURNING backend, size",
-                    (copy.storage_key,),
-                )
-                rows = cur.fetchall()
-                if not rows:
-                    raise ReservationLost(copy.storage_key)
-                backend, reserved = rows[0]
-                if backend != copy.backend:
-                    raise ValueError(
-                        f"{copy.storage_key!r} was reserved on {backend!r}, not {copy.backend!r}"
-                    )
-                delta = deltas.setdefault(backend, _Delta())
-                delta.pending -= int(reserved)
-                delta.used += copy.stored_size
-                delta.count += 1
-                delta.growth += copy.stored_size - int(reserved)
-            displaced = _remove_version(cur, version.bucket, version.key, at, deltas)
-            cur.execute(
-                "INSERT INTO objects (bucket, key, version_id, size, etag, content_type,"
-                " metadata, headers, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    version.bucket,
-                    version.key,
-                    version.version_id,
-                    version.size,
-                    version.etag,
-                    version.content_type,
-                    _json(version.metadata),
-                    _json(version.headers),
-                    _micros(version.created_at),
-                ),
-            )
-            cur.executemany(
-                "INSERT INTO copies (version_id, backend, storage_key, stored_size)"
-                " VALUES (?, ?, ?, ?)",
-                [
-                    (version.version_id, c.backend, c.storage_key, c.stored_size)
-                    for c in version.copies
-                ],
-            )
-            _apply(cur, deltas, at)
-            return displaced
+            return commit_version(cur, version, at)
 
         return await self._db.run("commit", txn)
 
@@ -322,7 +331,7 @@ class MetadataStore:
                 (at, storage_key),
             )
             cur.execute(
-                "SELECT backend, storage_key, size, attempts FROM pending"
+                f"SELECT {_DELETION_COLUMNS} FROM pending"
                 " WHERE storage_key = ? AND state = 'delete'",
                 (storage_key,),
             )
@@ -377,7 +386,7 @@ class MetadataStore:
 
         def txn(cur: Cursor) -> list[PendingDeletion]:
             cur.execute(
-                "SELECT backend, storage_key, size, attempts FROM pending"
+                f"SELECT {_DELETION_COLUMNS} FROM pending"
                 " WHERE state = 'delete' AND next_attempt <= ?"
                 " ORDER BY next_attempt, storage_key LIMIT ?",
                 (at, limit),
@@ -390,14 +399,15 @@ class MetadataStore:
         """Turn uploads reserved before ``older_than`` into pending deletions, due at once.
 
         For crash recovery: an upload that old will never be committed. Returns
-        how many there were.
+        how many there were. Multipart uploads (rows with a ``multipart_id``)
+        legitimately live for hours and are left to ``MultipartStore``.
         """
         before = _micros(older_than)
 
         def txn(cur: Cursor) -> int:
             cur.execute(
                 "UPDATE pending SET state = 'delete', next_attempt = created_at"
-                " WHERE state = 'upload' AND created_at < ?",
+                " WHERE state = 'upload' AND created_at < ? AND multipart_id IS NULL",
                 (before,),
             )
             return cur.rowcount

@@ -56,12 +56,17 @@ class BackendUsage:
 
 @frozen
 class PendingDeletion:
-    """Bytes on a backend that no committed copy refers to and that must be deleted."""
+    """Bytes on a backend that no committed copy refers to and that must be deleted.
+
+    ``multipart_id`` is set when the bytes belong to a backend multipart upload,
+    which must be aborted rather than (or as well as) deleted.
+    """
 
     backend: str
     storage_key: str
     size: int
     attempts: int
+    multipart_id: str | None = None
 
 
 class NoSpace(Exception):
