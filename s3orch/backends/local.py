@@ -483,6 +483,12 @@ class LocalBackend:
     async def abort_multipart(self, key: str, handle: str) -> None:
         calls = OrderedThreadCalls(self.reactor, self.threadpool)
         try:
+            await calls.call(self._upload_directory, key, handle)
+        except BackendUploadNotFound:
+            return  # as S3 does, an upload of another key is not touched
+        except OSError as e:
+            raise BackendError(f"{self.name}: cannot abort the upload: {e}") from e
+        try:
             await calls.call(self._remove_upload, handle)
         except OSError as e:
             raise BackendError(f"{self.name}: cannot abort the upload: {e}") from e
@@ -527,12 +533,15 @@ class LocalBackend:
         handle = secrets.token_hex(16)
         directory = uploads / handle
         directory.mkdir()
-        fd = os.open(directory / UPLOAD_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        # Written aside and renamed, so a crash never leaves a key file with part of a key.
+        writing = directory / (UPLOAD_KEY_FILE + ".new")
+        fd = os.open(writing, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
             _write_fully(fd, _key_bytes(key))
             os.fsync(fd)
         finally:
             os.close(fd)
+        os.rename(writing, directory / UPLOAD_KEY_FILE)
         _fsync_directory(directory)
         _fsync_directory(uploads)
         return handle

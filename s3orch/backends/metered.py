@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import TypeVar
 
 from twisted.internet.interfaces import IReactorTime
@@ -52,3 +52,23 @@ class MeteredBackend:
     def list(self, prefix: str = "") -> AsyncIterator[BackendObject]:
         metrics.backend_requests_total.labels("list", self.name, "started").inc()
         return self.backend.list(prefix)
+
+    async def create_multipart(self, key: str) -> str:
+        return await self._measure("create_multipart", self.backend.create_multipart(key))
+
+    async def upload_part(
+        self, key: str, handle: str, part_number: int, body: AsyncIterator[bytes], length: int
+    ) -> str:
+        return await self._measure(
+            "upload_part", self.backend.upload_part(key, handle, part_number, body, length)
+        )
+
+    async def complete_multipart(
+        self, key: str, handle: str, parts: Sequence[tuple[int, str]]
+    ) -> None:
+        await self._measure(
+            "complete_multipart", self.backend.complete_multipart(key, handle, parts)
+        )
+
+    async def abort_multipart(self, key: str, handle: str) -> None:
+        await self._measure("abort_multipart", self.backend.abort_multipart(key, handle))

@@ -18,16 +18,25 @@ object on a slow but live connection is never cut off, while a stalled one is:
 
 A timeout cancels the request (closing its connection) and raises
 ``BackendError``. All timers run on the injected clock.
+
+Multipart uploads map onto the server's own: CreateMultipartUpload,
+UploadPart (streamed like a PUT), CompleteMultipartUpload (the server
+assembles the object; no byte passes through us again) and
+AbortMultipartUpload. A Complete can fail after a ``200 OK``: the server
+sends the status at once, keeps the connection alive with whitespace while
+it assembles, and may then send an ``<Error>`` document instead of the
+result, so only a ``CompleteMultipartUploadResult`` counts as success.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
+import hashlib
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final, cast
 from urllib.parse import unquote_plus, urlsplit
-from xml.etree.ElementTree import Element, ParseError
+from xml.etree.ElementTree import Element, ParseError, SubElement, tostring
 
 import defusedxml.ElementTree as SafeET
 from attrs import define, field
@@ -63,7 +72,10 @@ from s3orch.backends.interface import (
     BackendNotFound,
     BackendObject,
     BackendRead,
+    BackendUploadNotFound,
     IBackend,
+    check_part_list,
+    check_part_number,
 )
 from s3orch.httputil import enlarge_reads
 from s3orch.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, sign_request, uri_encode
@@ -85,6 +97,11 @@ POOLED_CONNECTION_IDLE: Final = 30  # below the keep-alive limits servers common
 ERROR_BODY_LIMIT: Final = 64 * 1024
 LIST_BODY_LIMIT: Final = 16 * 1024 * 1024  # 1000 keys of 1 KiB, url-encoded, with room
 LIST_PAGE_SIZE: Final = 1000
+# Room for the whitespace a server sends to keep a long Complete alive.
+COMPLETE_BODY_LIMIT: Final = 1024 * 1024
+S3_XMLNS: Final = "http://s3.amazonaws.com/doc/2006-03-01/"
+# AWS answers CompleteMultipartUploadResult; moto (5.x) says ...Response.
+_COMPLETED: Final = frozenset({"CompleteMultipartUploadResult", "CompleteMultipartUploadResponse"})
 
 
 class S3ResponseError(BackendError):
@@ -94,6 +111,10 @@ class S3ResponseError(BackendError):
         super().__init__(message)
         self.status = status
         self.code = code
+
+
+class S3UploadNotFound(S3ResponseError, BackendUploadNotFound):
+    """NoSuchUpload: the server knows no multipart upload by that id for that key."""
 
 
 def make_connection_pool(
@@ -417,6 +438,21 @@ def _parse_list_page(body: bytes) -> tuple[builtins.list[BackendObject], str | N
     return objects, token
 
 
+def _complete_document(parts: Sequence[tuple[int, str]]) -> bytes:
+    """The CompleteMultipartUpload request body (ETags quoted, as AWS documents them)."""
+    root = Element("CompleteMultipartUpload", xmlns=S3_XMLNS)
+    for number, etag in parts:
+        part = SubElement(root, "Part")
+        SubElement(part, "PartNumber").text = str(number)
+        SubElement(part, "ETag").text = f'"{etag.strip().strip(chr(34))}"'
+    document: bytes = tostring(root, encoding="utf-8", xml_declaration=True)
+    return document
+
+
+async def _just(data: bytes) -> AsyncIterator[bytes]:
+    yield data
+
+
 def _unquote_etag(value: str | None) -> str | None:
     if value is None:
         return None
@@ -512,11 +548,16 @@ class S3Backend:
         query: Sequence[tuple[str, str]] = (),
         headers: dict[str, str] | None = None,
         body: IBodyProducer | None = None,
+        payload_hash: str | None = None,
     ) -> tuple[IResponse, _Watchdog]:
-        """Send a signed request; return the response once its headers are in."""
+        """Send a signed request; return the response once its headers are in.
+
+        A body is signed ``UNSIGNED-PAYLOAD`` unless ``payload_hash`` gives its SHA-256.
+        """
         url, host = self.url_for(key, query)
         all_headers = {"host": host, **(headers or {})}
-        payload_hash = EMPTY_SHA256 if body is None else UNSIGNED_PAYLOAD
+        if payload_hash is None:
+            payload_hash = EMPTY_SHA256 if body is None else UNSIGNED_PAYLOAD
         all_headers.update(
             sign_request(
                 method,
@@ -600,32 +641,50 @@ class S3Backend:
         code, message = _parse_error(body)
         if response.code == 404 and method in ("GET", "DELETE") and code in (None, "NoSuchKey"):
             return BackendNotFound(key or "")
-        text = f"{self.name}: {method} answered {response.code}"
+        return self._error(method, response.code, code, message)
+
+    def _error(
+        self, method: str, status: int, code: str | None, message: str | None
+    ) -> S3ResponseError:
+        text = f"{self.name}: {method} answered {status}"
         if code:
             text += f" {code}"
         if message:
             text += f": {message[:200]}"
-        return S3ResponseError(text, response.code, code)
+        if code == "NoSuchUpload":
+            return S3UploadNotFound(text, status, code)
+        return S3ResponseError(text, status, code)
 
     async def _discard_body(self, response: IResponse, watchdog: _Watchdog) -> None:
         # Reading the (empty or tiny) body lets the connection go back to the pool.
         await self._read_small_body(response, watchdog, ERROR_BODY_LIMIT, True)
 
-    async def put(self, key: str, body: AsyncIterator[bytes], length: int) -> None:
-        if length < 0:
-            raise BackendError(f"{self.name}: negative length")
+    async def _send_body(
+        self,
+        key: str,
+        body: AsyncIterator[bytes],
+        length: int,
+        *,
+        query: Sequence[tuple[str, str]] = (),
+        headers: dict[str, str] | None = None,
+    ) -> tuple[IResponse, _Watchdog]:
+        """PUT exactly ``length`` bytes of ``body``, streamed; ``body`` is closed if that fails."""
         try:
-            response, watchdog = await self._send(
-                "PUT",
-                key,
-                headers={"content-type": "application/octet-stream"},
-                body=body_producer(body, length),
+            if length < 0:
+                raise BackendError(f"{self.name}: negative length")
+            return await self._send(
+                "PUT", key, query=query, headers=headers, body=body_producer(body, length)
             )
         except BaseException:
             # The request may have failed before the body was ever pulled.
             with contextlib.suppress(Exception):
                 await close_source(body)
             raise
+
+    async def put(self, key: str, body: AsyncIterator[bytes], length: int) -> None:
+        response, watchdog = await self._send_body(
+            key, body, length, headers={"content-type": "application/octet-stream"}
+        )
         if response.code != 200:
             raise await self._failure("PUT", key, response, watchdog)
         await self._discard_body(response, watchdog)
@@ -704,6 +763,91 @@ class S3Backend:
                     yield item
             if token is None:
                 return
+
+    async def create_multipart(self, key: str) -> str:
+        response, watchdog = await self._send(
+            "POST",
+            key,
+            query=[("uploads", "")],
+            headers={"content-type": "application/octet-stream"},
+        )
+        if response.code != 200:
+            raise await self._failure("CreateMultipartUpload", key, response, watchdog)
+        body = await self._read_small_body(response, watchdog, ERROR_BODY_LIMIT, False)
+        root = _parse_xml(body.strip())
+        upload_id = None
+        if root is not None and _local_name(root) == "InitiateMultipartUploadResult":
+            upload_id = _child_text(root, "UploadId")
+        if not upload_id:
+            raise BackendError(f"{self.name}: CreateMultipartUpload answered without an UploadId")
+        return upload_id
+
+    async def upload_part(
+        self, key: str, handle: str, part_number: int, body: AsyncIterator[bytes], length: int
+    ) -> str:
+        try:
+            check_part_number(part_number)
+            self._check_handle(handle)
+        except BackendError as e:
+            with contextlib.suppress(Exception):
+                await close_source(body)
+            if type(e) is BackendError:
+                raise BackendError(f"{self.name}: {e}") from e
+            raise
+        query = [("partNumber", str(part_number)), ("uploadId", handle)]
+        response, watchdog = await self._send_body(key, body, length, query=query)
+        if response.code != 200:
+            raise await self._failure("UploadPart", key, response, watchdog)
+        await self._discard_body(response, watchdog)
+        etag = _unquote_etag(_header(response, b"etag"))
+        if etag is None:
+            raise BackendError(f"{self.name}: UploadPart answered without an ETag")
+        return etag
+
+    async def complete_multipart(
+        self, key: str, handle: str, parts: Sequence[tuple[int, str]]
+    ) -> None:
+        try:
+            check_part_list(parts)
+        except BackendError as e:
+            raise BackendError(f"{self.name}: {e}") from e
+        self._check_handle(handle)
+        document = _complete_document(parts)
+        response, watchdog = await self._send(
+            "POST",
+            key,
+            query=[("uploadId", handle)],
+            headers={"content-type": "application/xml"},
+            body=body_producer(_just(document), len(document)),
+            payload_hash=hashlib.sha256(document).hexdigest(),
+        )
+        if response.code != 200:
+            raise await self._failure("CompleteMultipartUpload", key, response, watchdog)
+        body = await self._read_small_body(response, watchdog, COMPLETE_BODY_LIMIT, False)
+        root = _parse_xml(body.strip())
+        if root is not None and _local_name(root) in _COMPLETED:
+            return
+        if root is not None and _local_name(root) == "Error":
+            code, message = _child_text(root, "Code"), _child_text(root, "Message")
+            raise self._error("CompleteMultipartUpload", response.code, code, message)
+        raise BackendError(f"{self.name}: CompleteMultipartUpload answered 200 without a result")
+
+    async def abort_multipart(self, key: str, handle: str) -> None:
+        if not handle:
+            return  # no upload has an empty id
+        response, watchdog = await self._send("DELETE", key, query=[("uploadId", handle)])
+        if response.code in (200, 204):
+            await self._discard_body(response, watchdog)
+            return
+        error = await self._failure("AbortMultipartUpload", key, response, watchdog)
+        if isinstance(error, BackendUploadNotFound):
+            return
+        raise error
+
+    def _check_handle(self, handle: str) -> None:
+        # With an empty uploadId a server may take the request for a plain PUT or DELETE.
+        if not handle:
+            raise BackendUploadNotFound(f"{self.name}: no multipart upload has an empty id")
 
 
 def _abandon(response: IResponse, watchdog: _Watchdog) -> None:

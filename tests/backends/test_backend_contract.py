@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import random
+import re
 
 import pytest
 import pytest_twisted
@@ -12,16 +14,21 @@ from s3orch.backends.interface import (
     BackendError,
     BackendNotFound,
     BackendObject,
+    BackendUploadNotFound,
     IBackend,
 )
 from tests.backends.sources import (
     EDGE_KEYS,
     MiB,
+    ScriptedSource,
     SourceFailed,
     chunks_of,
     failing_after,
     generated,
 )
+
+# S3 (and moto) refuse parts under 5 MiB, except the last, at Complete.
+PART = 5 * MiB
 
 
 async def read(backend: IBackend, key: str, start: int = 0, end: int | None = None) -> bytes:
@@ -251,3 +258,198 @@ async def test_concurrent_puts_and_gets(backend: IBackend) -> None:
 
     results = await gatherResults([Deferred.fromCoroutine(round_trip(k)) for k in keys])
     assert results == [k.encode() * 40_000 for k in keys]
+
+
+# -- multipart uploads ------------------------------------------------------------------
+
+
+def random_bytes(size: int, seed: int) -> bytes:
+    return random.Random(seed).randbytes(size)
+
+
+async def sha256_of(backend: IBackend, key: str) -> tuple[str, int]:
+    """The digest and chunk count of ``key`` read as a stream."""
+    opened = await backend.get(key)
+    digest = hashlib.sha256()
+    count = 0
+    async for chunk in opened.body:
+        digest.update(chunk)
+        count += 1
+    return digest.hexdigest(), count
+
+
+@pytest_twisted.ensureDeferred
+async def test_multipart_assembles_exactly_the_listed_parts(backend: IBackend) -> None:
+    """Complete joins the listed parts' latest bytes in order; unlisted parts are dropped."""
+    first, replaced = random_bytes(PART, 1), random_bytes(PART, 2)
+    middle, last = b"never listed", b"the last part, short"
+    handle = await backend.create_multipart("mp/object")
+    old_etag = await backend.upload_part("mp/object", handle, 1, chunks_of(first, MiB), PART)
+    await backend.upload_part("mp/object", handle, 2, chunks_of(middle), len(middle))
+    last_etag = await backend.upload_part("mp/object", handle, 3, chunks_of(last), len(last))
+    new_etag = await backend.upload_part("mp/object", handle, 1, chunks_of(replaced, MiB), PART)
+    for etag in (old_etag, new_etag, last_etag):
+        assert re.fullmatch("[0-9a-f]{32}", etag)
+    assert new_etag != old_etag
+    await backend.complete_multipart("mp/object", handle, [(1, new_etag), (3, last_etag)])
+    assert await read(backend, "mp/object") == replaced + last
+    head = await backend.head("mp/object")
+    assert head is not None and head.size == PART + len(last)
+    assert await read(backend, "mp/object", PART - 2, PART + 2) == replaced[-2:] + last[:3]
+    assert [o.key for o in await listed(backend)] == ["mp/object"]
+    await backend.abort_multipart("mp/object", handle)  # finished: still succeeds
+    await backend.delete("mp/object")
+    await assert_absent(backend, "mp/object")
+
+
+@pytest_twisted.ensureDeferred
+async def test_multipart_replaces_an_existing_object(backend: IBackend) -> None:
+    """Completing onto a key that holds an object replaces it; until then the old one reads."""
+    await backend.put("mp/k", chunks_of(b"old object"), 10)
+    handle = await backend.create_multipart("mp/k")
+    etag = await backend.upload_part("mp/k", handle, 1, chunks_of(b"new"), 3)
+    assert await read(backend, "mp/k") == b"old object"
+    await backend.complete_multipart("mp/k", handle, [(1, etag)])
+    assert await read(backend, "mp/k") == b"new"
+
+
+@pytest_twisted.ensureDeferred
+async def test_abort_discards_the_upload_and_is_idempotent(backend: IBackend) -> None:
+    """After abort the upload takes no parts and cannot complete; aborting again succeeds."""
+    handle = await backend.create_multipart("mp/aborted")
+    etag = await backend.upload_part("mp/aborted", handle, 1, chunks_of(b"part"), 4)
+    await backend.abort_multipart("mp/aborted", handle)
+    await backend.abort_multipart("mp/aborted", handle)
+    # BackendError, not BackendUploadNotFound: moto answers 500 where AWS says NoSuchUpload.
+    with pytest.raises(BackendError):
+        await backend.complete_multipart("mp/aborted", handle, [(1, etag)])
+    with pytest.raises(BackendError):
+        await backend.upload_part("mp/aborted", handle, 2, chunks_of(b"late"), 4)
+    await assert_absent(backend, "mp/aborted")
+    assert await listed(backend) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_abort_of_an_unknown_handle_succeeds(backend: IBackend) -> None:
+    """Aborting a handle that never existed (well-formed or not) succeeds and changes nothing."""
+    await backend.put("k", chunks_of(b"kept"), 4)
+    for handle in ["0" * 32, "no-such-upload", "../../k", ""]:
+        await backend.abort_multipart("k", handle)
+    assert await read(backend, "k") == b"kept"
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_handle_takes_no_part(backend: IBackend) -> None:
+    """upload_part and Complete with a handle that does not exist fail and store nothing."""
+    for handle in ["0" * 32, "no-such-upload"]:
+        with pytest.raises(BackendError):
+            await backend.upload_part("k", handle, 1, chunks_of(b"x"), 1)
+        with pytest.raises(BackendError):
+            await backend.complete_multipart("k", handle, [(1, "0" * 32)])
+    source = ScriptedSource()
+    with pytest.raises(BackendUploadNotFound):
+        await backend.upload_part("k", "", 1, source, 1)
+    assert source.closed
+    await assert_absent(backend, "k")
+
+
+@pytest_twisted.ensureDeferred
+async def test_complete_with_a_wrong_etag_fails_and_stores_nothing(backend: IBackend) -> None:
+    """A listed part with a wrong ETag, or never uploaded, fails Complete and writes no object."""
+    handle = await backend.create_multipart("mp/wrong")
+    etag = await backend.upload_part("mp/wrong", handle, 1, chunks_of(b"only part"), 9)
+    for parts in ([(1, "0" * 32)], [(1, etag.upper()[:-1] + "X")], [(1, etag), (2, etag)]):
+        with pytest.raises(BackendError):
+            await backend.complete_multipart("mp/wrong", handle, parts)
+        await assert_absent(backend, "mp/wrong")
+    # A failed Complete leaves the upload as it was.
+    await backend.complete_multipart("mp/wrong", handle, [(1, etag)])
+    assert await read(backend, "mp/wrong") == b"only part"
+
+
+@pytest_twisted.ensureDeferred
+async def test_bad_part_numbers_and_part_lists_are_refused(backend: IBackend) -> None:
+    """Part numbers outside 1..10000, and empty or unordered lists, fail before any effect."""
+    handle = await backend.create_multipart("mp/bad")
+    for number in (0, -1, 10_001):
+        source = ScriptedSource()
+        with pytest.raises(BackendError):
+            await backend.upload_part("mp/bad", handle, number, source, 1)
+        assert source.closed
+    etag = await backend.upload_part("mp/bad", handle, 1, chunks_of(b"x"), 1)
+    for parts in ([], [(1, etag), (1, etag)], [(2, etag), (1, etag)], [(0, etag)]):
+        with pytest.raises(BackendError):
+            await backend.complete_multipart("mp/bad", handle, parts)
+    await assert_absent(backend, "mp/bad")
+    await backend.abort_multipart("mp/bad", handle)
+
+
+@pytest_twisted.ensureDeferred
+async def test_failed_part_upload_keeps_the_earlier_part(backend: IBackend) -> None:
+    """A part upload whose body breaks, or is short or long, leaves the earlier part usable."""
+    good = random_bytes(MiB, 3)
+    handle = await backend.create_multipart("mp/retry")
+    etag = await backend.upload_part("mp/retry", handle, 1, chunks_of(good), MiB)
+    broken = random_bytes(MiB, 4)
+    with pytest.raises(SourceFailed):
+        await backend.upload_part("mp/retry", handle, 1, failing_after(broken, MiB // 2), MiB)
+    with pytest.raises(SourceFailed):  # every byte arrived, then the source failed
+        await backend.upload_part("mp/retry", handle, 1, failing_after(broken, MiB), MiB)
+    with pytest.raises(BackendError):
+        await backend.upload_part("mp/retry", handle, 1, chunks_of(broken[:100]), MiB)
+    with pytest.raises(BackendError):
+        await backend.upload_part("mp/retry", handle, 1, chunks_of(broken), 100)
+    await backend.complete_multipart("mp/retry", handle, [(1, etag)])
+    assert await read(backend, "mp/retry") == good
+
+
+@pytest_twisted.ensureDeferred
+async def test_parts_are_never_listed(backend: IBackend) -> None:
+    """Uploads in progress are invisible to list(), head() and get()."""
+    await backend.put("visible", chunks_of(b"v"), 1)
+    handle = await backend.create_multipart("pending/object")
+    await backend.upload_part("pending/object", handle, 1, chunks_of(b"a" * 1000), 1000)
+    await backend.upload_part("pending/object", handle, 2, chunks_of(b"b"), 1)
+    assert [o.key for o in await listed(backend)] == ["visible"]
+    assert await listed(backend, "pending") == []
+    await assert_absent(backend, "pending/object")
+    await backend.abort_multipart("pending/object", handle)
+    assert [o.key for o in await listed(backend)] == ["visible"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_large_parts_uploaded_concurrently_stream_back(backend: IBackend) -> None:
+    """Two 8 MiB parts sent at once complete into a 16 MiB object that streams back in chunks."""
+    size = 8 * MiB
+    handle = await backend.create_multipart("mp/large")
+    etags = await gatherResults(
+        [
+            Deferred.fromCoroutine(
+                backend.upload_part("mp/large", handle, n, generated(size, 256 * 1024), size)
+            )
+            for n in (1, 2)
+        ]
+    )
+    await backend.complete_multipart("mp/large", handle, list(zip((1, 2), etags, strict=True)))
+    expected = hashlib.sha256()
+    for _ in range(2):
+        async for piece in generated(size, 256 * 1024):
+            expected.update(piece)
+    digest, count = await sha256_of(backend, "mp/large")
+    assert digest == expected.hexdigest() and count > 2
+    head = await backend.head("mp/large")
+    assert head is not None and head.size == 2 * size
+
+
+@pytest_twisted.ensureDeferred
+async def test_uploads_of_one_key_are_independent(backend: IBackend) -> None:
+    """Two uploads to the same key keep separate parts; the one completed last wins."""
+    first = await backend.create_multipart("mp/twice")
+    second = await backend.create_multipart("mp/twice")
+    assert first != second
+    e1 = await backend.upload_part("mp/twice", first, 1, chunks_of(b"first"), 5)
+    e2 = await backend.upload_part("mp/twice", second, 1, chunks_of(b"second"), 6)
+    await backend.complete_multipart("mp/twice", second, [(1, e2)])
+    assert await read(backend, "mp/twice") == b"second"
+    await backend.complete_multipart("mp/twice", first, [(1, e1)])
+    assert await read(backend, "mp/twice") == b"first"

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import socket
 from collections.abc import Iterator
 from typing import Any, cast
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
+from xml.etree import ElementTree
 
 import pytest
 import pytest_twisted
@@ -17,13 +19,14 @@ from twisted.python.failure import Failure
 from twisted.web.client import HTTPConnectionPool
 from zope.interface import implementer
 
-from s3orch.backends.interface import BackendError, BackendNotFound
+from s3orch.backends.interface import BackendError, BackendNotFound, BackendUploadNotFound
 from s3orch.backends.s3 import (
     CONNECT_TIMEOUT,
     IDLE_TIMEOUT,
     RESPONSE_TIMEOUT,
     S3Backend,
     S3ResponseError,
+    S3UploadNotFound,
     make_connection_pool,
     make_http_client,
 )
@@ -223,6 +226,21 @@ async def test_real_server_accepts_our_signatures(auth_backend: S3Backend) -> No
 
 
 @pytest_twisted.ensureDeferred
+async def test_real_server_accepts_our_multipart_signatures(auth_backend: S3Backend) -> None:
+    """A signature-checking server accepts every multipart call, for odd keys too."""
+    for key in ["plain", "with space", "a//b", "x/" * 100]:
+        handle = await auth_backend.create_multipart(key)
+        etag = await auth_backend.upload_part(key, handle, 1, chunks_of(b"part one"), 8)
+        await auth_backend.complete_multipart(key, handle, [(1, etag)])
+        opened = await auth_backend.get(key)
+        assert b"".join([c async for c in opened.body]) == b"part one", key
+        aborted = await auth_backend.create_multipart(key)
+        await auth_backend.abort_multipart(key, aborted)
+        await auth_backend.abort_multipart(key, aborted)
+        await auth_backend.delete(key)
+
+
+@pytest_twisted.ensureDeferred
 async def test_wrong_secret_is_reported_with_the_s3_code(
     auth_moto: MotoServer, reactor: Any
 ) -> None:
@@ -266,6 +284,8 @@ async def test_missing_bucket_is_an_error_not_a_missing_key(
         lambda: backend.delete("k"),
         lambda: backend.put("k", chunks_of(b"x"), 1),
         lambda: backend.list().__anext__(),
+        lambda: backend.create_multipart("k"),
+        lambda: backend.abort_multipart("k", "some-upload"),
     ):
         with pytest.raises(S3ResponseError) as info:
             await call()
@@ -602,3 +622,227 @@ async def test_put_to_an_unreachable_server_closes_the_source(reactor: Any) -> N
     with pytest.raises(BackendError, match="down: PUT failed"):
         await backend.put("k", source, 3)
     assert source.closed
+
+
+# -- multipart requests and answers ------------------------------------------------------
+
+
+@implementer(IConsumer)
+class Collector:
+    """A consumer that keeps what a body producer writes."""
+
+    def __init__(self) -> None:
+        self.data = b""
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        pass
+
+    def unregisterProducer(self) -> None:
+        pass
+
+    def write(self, data: bytes) -> None:
+        self.data += data
+
+
+def query_of(request: FakeRequest) -> dict[str, str]:
+    return dict(parse_qsl(urlsplit(request.url).query, keep_blank_values=True))
+
+
+def test_multipart_requests_use_the_s3_verbs_and_queries() -> None:
+    """Create, UploadPart and Abort are POST ?uploads, PUT ?partNumber&uploadId, DELETE ?uploadId."""
+    backend, client = fake_backend(Clock())
+    Deferred.fromCoroutine(backend.create_multipart("a b"))
+    Deferred.fromCoroutine(backend.upload_part("a b", "id/+=", 7, chunks_of(b"x" * 10), 10))
+    Deferred.fromCoroutine(backend.abort_multipart("a b", "id/+="))
+    create, part, abort = client.requests
+    assert (create.method, urlsplit(create.url).path, query_of(create)) == (
+        "POST",
+        "/my-bucket/a%20b",
+        {"uploads": ""},
+    )
+    assert (part.method, query_of(part)) == ("PUT", {"partNumber": "7", "uploadId": "id/+="})
+    assert part.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
+    assert part.data.length == 10
+    assert (abort.method, query_of(abort)) == ("DELETE", {"uploadId": "id/+="})
+    for request in client.requests:
+        request.deferred.cancel()
+
+
+def test_complete_sends_the_part_list_as_signed_xml() -> None:
+    """Complete POSTs ?uploadId with the parts in order, ETags quoted, its SHA-256 signed."""
+    backend, client = fake_backend(Clock())
+    d = Deferred.fromCoroutine(
+        backend.complete_multipart("k", "upload-1", [(1, "aa"), (3, '"bb"'), (10, "cc")])
+    )
+    [request] = client.requests
+    assert (request.method, query_of(request)) == ("POST", {"uploadId": "upload-1"})
+    body = Collector()
+    request.data.startProducing(body)
+    assert request.headers["x-amz-content-sha256"] == hashlib.sha256(body.data).hexdigest()
+    root = ElementTree.fromstring(body.data)
+    ns = "{http://s3.amazonaws.com/doc/2006-03-01/}"
+    assert root.tag == ns + "CompleteMultipartUpload"
+    assert [(part.findtext(ns + "PartNumber"), part.findtext(ns + "ETag")) for part in root] == [
+        ("1", '"aa"'),
+        ("3", '"bb"'),
+        ("10", '"cc"'),
+    ]
+    d.cancel()
+
+
+def test_an_empty_upload_id_is_never_sent() -> None:
+    """An empty handle (which a server could take for a plain PUT or DELETE) sends nothing."""
+    backend, client = fake_backend(Clock())
+    source = ScriptedSource()
+    with pytest.raises(BackendUploadNotFound):
+        raise_result(Deferred.fromCoroutine(backend.upload_part("k", "", 1, source, 1)))
+    assert source.closed
+    with pytest.raises(BackendUploadNotFound):
+        raise_result(Deferred.fromCoroutine(backend.complete_multipart("k", "", [(1, "e")])))
+    raise_result(Deferred.fromCoroutine(backend.abort_multipart("k", "")))
+    assert client.requests == []
+
+
+def respond(connection: ScriptedConnection, status: str, body: bytes, *headers: str) -> None:
+    head = "".join(f"{h}\r\n" for h in headers)
+    connection.send(
+        f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body
+    )
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+CHUNKED_200 = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+COMPLETED = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<CompleteMultipartUploadResult '
+    b'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Key>k</Key><ETag>"x-2"</ETag>'
+    b"</CompleteMultipartUploadResult>"
+)
+
+
+@pytest_twisted.ensureDeferred
+async def test_complete_answering_200_with_an_error_fails(scripted: Any, reactor: Any) -> None:
+    """A 200 whose body turns out to be an <Error> document is a failed Complete."""
+    server, _, _ = scripted
+    backend = scripted_backend(scripted, reactor)
+    complete = Deferred.fromCoroutine(backend.complete_multipart("k", "u", [(1, "e")]))
+    connection = await server.next_request()
+    error = b"<Error><Code>InternalError</Code><Message>We encountered an error</Message></Error>"
+    connection.send(CHUNKED_200 + chunk(b" \n ") + chunk(error) + chunk(b""))
+    with pytest.raises(S3ResponseError, match="encountered an error") as info:
+        await complete
+    assert (info.value.status, info.value.code) == (200, "InternalError")
+
+
+@pytest_twisted.ensureDeferred
+async def test_complete_answering_200_without_a_result_fails(scripted: Any, reactor: Any) -> None:
+    """A 200 with an empty or foreign body is not taken for success."""
+    server, _, _ = scripted
+    backend = scripted_backend(scripted, reactor)
+    for body in (b"", b"   ", b"<Other/>", b"<not xml"):
+        complete = Deferred.fromCoroutine(backend.complete_multipart("k", "u", [(1, "e")]))
+        connection = await server.next_request()
+        respond(connection, "200 OK", body)
+        with pytest.raises(BackendError, match="without a result"):
+            await complete
+
+
+@pytest_twisted.ensureDeferred
+async def test_complete_kept_alive_by_whitespace_succeeds(scripted: Any, reactor: Any) -> None:
+    """Whitespace a server sends while assembling resets the idle timer; silence times out."""
+    server, clock, _ = scripted
+    backend = scripted_backend(scripted, reactor)
+    complete = Deferred.fromCoroutine(backend.complete_multipart("k", "u", [(1, "e")]))
+    connection = await server.next_request()
+    connection.send(CHUNKED_200)
+    for _ in range(3):
+        connection.send(chunk(b" "))
+        await deferLater(reactor, 0.1)  # the space reaches the backend
+        clock.advance(IDLE_TIMEOUT - 1)
+    assert not complete.called
+    connection.send(chunk(COMPLETED) + chunk(b""))
+    await complete
+
+    stalled = Deferred.fromCoroutine(backend.complete_multipart("k", "u", [(1, "e")]))
+    connection = await server.next_request()
+    connection.send(CHUNKED_200 + chunk(b" "))
+    await deferLater(reactor, 0.1)
+    clock.advance(IDLE_TIMEOUT + 1)
+    with pytest.raises(BackendError, match="timed out"):
+        await stalled
+
+
+@pytest_twisted.ensureDeferred
+async def test_no_such_upload_is_upload_not_found(scripted: Any, reactor: Any) -> None:
+    """404 NoSuchUpload from UploadPart or Complete raises S3UploadNotFound."""
+    server, _, _ = scripted
+    backend = scripted_backend(scripted, reactor)
+    not_found = b"<Error><Code>NoSuchUpload</Code><Message>gone</Message></Error>"
+    calls = [
+        lambda: backend.upload_part("k", "u", 1, chunks_of(b"x"), 1),
+        lambda: backend.complete_multipart("k", "u", [(1, "e")]),
+    ]
+    for call in calls:
+        d = Deferred.fromCoroutine(call())
+        respond(await server.next_request(), "404 Not Found", not_found)
+        with pytest.raises(S3UploadNotFound) as info:
+            await d
+        assert isinstance(info.value, BackendUploadNotFound)
+        assert (info.value.status, info.value.code) == (404, "NoSuchUpload")
+
+
+@pytest_twisted.ensureDeferred
+async def test_abort_succeeds_only_for_no_such_upload(scripted: Any, reactor: Any) -> None:
+    """Abort takes 204 and 404 NoSuchUpload as done; other 404s are errors, not successes."""
+    server, _, _ = scripted
+    backend = scripted_backend(scripted, reactor)
+    answers = [
+        ("204 No Content", b"", None),
+        ("404 Not Found", b"<Error><Code>NoSuchUpload</Code></Error>", None),
+        ("404 Not Found", b"<Error><Code>NoSuchBucket</Code></Error>", "NoSuchBucket"),
+        ("404 Not Found", b"", "AbortMultipartUpload answered 404"),
+    ]
+    for status, body, failure in answers:
+        d = Deferred.fromCoroutine(backend.abort_multipart("k", "u"))
+        respond(await server.next_request(), status, body)
+        if failure is None:
+            await d
+        else:
+            with pytest.raises(S3ResponseError, match=failure) as info:
+                await d
+            assert not isinstance(info.value, BackendNotFound | BackendUploadNotFound)
+
+
+@pytest_twisted.ensureDeferred
+async def test_create_and_upload_part_check_the_answer(scripted: Any, reactor: Any) -> None:
+    """A Create without an UploadId, or an UploadPart without an ETag, is a BackendError."""
+    server, _, _ = scripted
+    backend = scripted_backend(scripted, reactor)
+    create = Deferred.fromCoroutine(backend.create_multipart("k"))
+    respond(await server.next_request(), "200 OK", b"<InitiateMultipartUploadResult/>")
+    with pytest.raises(BackendError, match="without an UploadId"):
+        await create
+    part = Deferred.fromCoroutine(backend.upload_part("k", "u", 1, chunks_of(b"x"), 1))
+    respond(await server.next_request(), "200 OK", b"")
+    with pytest.raises(BackendError, match="without an ETag"):
+        await part
+    part = Deferred.fromCoroutine(backend.upload_part("k", "u", 1, chunks_of(b"x"), 1))
+    respond(await server.next_request(), "200 OK", b"", 'ETag: "0123abc"')
+    assert await part == "0123abc"
+
+
+def test_upload_part_times_out_like_a_put() -> None:
+    """A part whose body the server stops taking fails after idle_timeout of no progress."""
+    clock = Clock()
+    backend, client = fake_backend(clock)
+    upload = Deferred.fromCoroutine(backend.upload_part("k", "u", 2, generated(MiB), MiB))
+    request = client.requests[0]
+    socket = FullSocket()
+    socket.registerProducer(request.data, True)
+    request.data.startProducing(socket)
+    clock.advance(IDLE_TIMEOUT + 1)
+    assert request.cancelled
+    with pytest.raises(BackendError, match="timed out"):
+        raise_result(upload)
