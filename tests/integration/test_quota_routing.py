@@ -16,7 +16,9 @@ import pytest
 from botocore.exceptions import ClientError
 
 from s3orch.testing.s3orch_process import S3OrchProcess, local_config
-from tests.integration.helpers import boto_client
+from tests.integration.helpers import boto_client, wait_for
+
+MiB = 1024 * 1024
 
 
 def start(tmp_path: Path, quotas: tuple[int, ...], strategy: str = "pack") -> S3OrchProcess:
@@ -173,3 +175,65 @@ def test_crash_leaves_no_drift(server_factory: Any, tmp_path: Path) -> None:
     s3.delete_object(Bucket="test", Key="c0")
     assert len(s3.list_objects_v2(Bucket="test")["Contents"]) == 9
     assert_consistent(server, tmp_path, 2)
+
+
+def test_parts_in_flight_count_against_the_quota(server_factory: Any, tmp_path: Path) -> None:
+    """Uploaded parts hold quota before Complete; abort releases it; complete keeps counters exact."""
+    server = server_factory((12 * MiB,))
+    s3 = boto_client(server.endpoint)
+    uid = s3.create_multipart_upload(Bucket="test", Key="mp")["UploadId"]
+    first = s3.upload_part(
+        Bucket="test", Key="mp", UploadId=uid, PartNumber=1, Body=b"1" * (5 * MiB)
+    )
+    second = s3.upload_part(
+        Bucket="test", Key="mp", UploadId=uid, PartNumber=2, Body=b"2" * (5 * MiB)
+    )
+    with pytest.raises(ClientError) as excinfo:
+        s3.put_object(Bucket="test", Key="other", Body=b"x" * (3 * MiB))
+    assert excinfo.value.response["Error"]["Code"] == "InsufficientStorage"
+    s3.complete_multipart_upload(
+        Bucket="test",
+        Key="mp",
+        UploadId=uid,
+        MultipartUpload={
+            "Parts": [
+                {"PartNumber": 1, "ETag": first["ETag"]},
+                {"PartNumber": 2, "ETag": second["ETag"]},
+            ]
+        },
+    )
+    assert_consistent(server, tmp_path, 1)
+    uid = s3.create_multipart_upload(Bucket="test", Key="mp2")["UploadId"]
+    with pytest.raises(ClientError) as excinfo:
+        s3.upload_part(Bucket="test", Key="mp2", UploadId=uid, PartNumber=1, Body=b"3" * (3 * MiB))
+    assert excinfo.value.response["Error"]["Code"] == "InsufficientStorage"
+    s3.delete_object(Bucket="test", Key="mp")
+    s3.upload_part(Bucket="test", Key="mp2", UploadId=uid, PartNumber=1, Body=b"3" * (3 * MiB))
+    s3.abort_multipart_upload(Bucket="test", Key="mp2", UploadId=uid)
+    assert_consistent(server, tmp_path, 1)
+
+
+def test_stale_uploads_are_aborted(tmp_path: Path) -> None:
+    """Uploads older than multipart_max_age are aborted in the background and their parts deleted."""
+    config = local_config(tmp_path, quotas=(0,))
+    config["server"] = {"multipart_max_age": "2s"}
+    config["buckets"][0]["max_multipart_uploads"] = 2
+    server = S3OrchProcess(tmp_path, config)
+    server.start()
+    try:
+        s3 = boto_client(server.endpoint)
+        uids = [
+            s3.create_multipart_upload(Bucket="test", Key=f"s{i}")["UploadId"] for i in range(2)
+        ]
+        s3.upload_part(Bucket="test", Key="s0", UploadId=uids[0], PartNumber=1, Body=b"p" * 1000)
+        with pytest.raises(ClientError) as excinfo:
+            s3.create_multipart_upload(Bucket="test", Key="s2")
+        assert excinfo.value.response["Error"]["Code"] == "SlowDown"
+        wait_for(
+            lambda: not s3.list_multipart_uploads(Bucket="test").get("Uploads"),
+            what="stale uploads aborted",
+        )
+        wait_for(lambda: stored_bytes(tmp_path / "b1") == (0, 0), what="parts deleted")
+        assert_consistent(server, tmp_path, 1)
+    finally:
+        server.stop()
