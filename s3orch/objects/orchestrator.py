@@ -28,7 +28,14 @@ from s3orch.objects.errors import (
 )
 from s3orch.objects.listing import ListPage, list_page
 from s3orch.store.objects import MetadataStore
-from s3orch.store.records import BackendUsage, NoSpace, ObjectVersion, PendingDeletion, StoredCopy
+from s3orch.store.records import (
+    BackendUsage,
+    NoSpace,
+    ObjectVersion,
+    PendingDeletion,
+    Precondition,
+    StoredCopy,
+)
 
 log = Logger()
 
@@ -79,6 +86,7 @@ class Orchestrator:
         headers: Mapping[str, str],
         content_md5: bytes | None = None,
         body_md5: Callable[[], bytes | None] | None = None,
+        precondition: Precondition | None = None,
     ) -> ObjectVersion:
         """Store a new current version of ``bucket/key``; return it once committed.
 
@@ -87,8 +95,12 @@ class Orchestrator:
         caller hashed it already, so it is not hashed twice). Raises
         InsufficientStorage before reading any byte if nothing has room,
         BadDigest or IncompleteBody if the body is wrong (nothing is stored).
+        A ``precondition`` is checked before any byte moves and again,
+        atomically, at commit (PreconditionFailed; nothing is stored).
         """
         digest = Digest(size, content_md5, body_md5)
+        if precondition is not None:
+            await self._check(bucket, key, precondition)
         copy = await self.reserve(size)
         try:
             await self.backends[copy.backend].put(copy.storage_key, digest.pass_through(body), size)
@@ -104,12 +116,16 @@ class Orchestrator:
                 headers=dict(headers),
                 copies=(copy,),
             )
-            displaced = await self.store.commit(version, self.clock.seconds())
+            displaced = await self.store.commit(version, self.clock.seconds(), precondition)
         except BaseException:
             await self._abandon(copy)
             raise
         await self.remove(displaced)
         return version
+
+    async def _check(self, bucket: str, key: str, precondition: Precondition) -> None:
+        current = await self.store.get(bucket, key)
+        precondition.check(current.etag if current is not None else None)
 
     async def head(self, bucket: str, key: str) -> ObjectVersion:
         """The current version of ``bucket/key``, or NoSuchObject."""

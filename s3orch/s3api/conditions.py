@@ -62,3 +62,20 @@ def check_read(headers: Mapping[str, str], etag: str, last_modified: float) -> N
         when = _date(since) if since is not None else None
         if when is not None and modified <= when:
             raise NotModified()
+
+
+def check_copy_source(headers: Mapping[str, str], etag: str, last_modified: float) -> None:
+    """The x-amz-copy-source-if-* conditions of a copy; any that fails is 412.
+
+    As for reads, a present if-match decides over if-unmodified-since and a
+    present if-none-match over if-modified-since.
+    """
+    prefix = "x-amz-copy-source-"
+    try:
+        check_read(
+            {k[len(prefix) :]: v for k, v in headers.items() if k.startswith(prefix)},
+            etag,
+            last_modified,
+        )
+    except NotModified:
+        raise _precondition_failed("x-amz-copy-source-If-None-Match") from None

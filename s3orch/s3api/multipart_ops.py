@@ -3,18 +3,13 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
-from xml.etree.ElementTree import Element
-
-import defusedxml.ElementTree as SafeET
-from defusedxml import DefusedXmlException
 
 from s3orch.objects.listing import common_prefix
 from s3orch.objects.multipart import MAX_PART_NUMBER
+from s3orch.s3api import copy_ops, xml
 from s3orch.s3api import headers as object_headers
-from s3orch.s3api import xml
-from s3orch.s3api.errors import S3Error
 from s3orch.s3api.object_ops import incoming_body
-from s3orch.s3api.replies import int_param, not_implemented, send
+from s3orch.s3api.replies import int_param, local_name, malformed_xml, request_xml, send
 from s3orch.store.records import Part, Upload
 
 if TYPE_CHECKING:
@@ -52,6 +47,9 @@ def _part_number(call: Call) -> int:
 
 
 async def upload_part(ctx: S3Context, call: Call) -> None:
+    if "x-amz-copy-source" in call.headers:
+        await copy_ops.upload_part_copy(ctx, call, _part_number(call))
+        return
     early = call.request.early_upload
     part = await early if early is not None else await begin_upload_part(ctx, call)
     call.request.setHeader(b"ETag", f'"{part.etag}"'.encode())
@@ -59,8 +57,6 @@ async def upload_part(ctx: S3Context, call: Call) -> None:
 
 async def begin_upload_part(ctx: S3Context, call: Call) -> Part:
     assert call.key is not None
-    if "x-amz-copy-source" in call.headers:
-        raise not_implemented("UploadPartCopy")
     number = _part_number(call)
     body = incoming_body(ctx, call, MAX_PART_SIZE)
     return await ctx.multipart.upload_part(
@@ -84,39 +80,21 @@ async def complete(ctx: S3Context, call: Call) -> None:
 
 
 async def _requested_parts(call: Call) -> list[tuple[int, str]]:
-    spool = call.request.spool
-    if spool is None or spool.written > MAX_COMPLETE_XML:
-        raise _malformed()
-    text = await spool.read(0, spool.written) if spool.written else b""
-    try:
-        root: Element = SafeET.fromstring(text)
-    except (SafeET.ParseError, DefusedXmlException, ValueError):
-        raise _malformed() from None
-    if _local(root.tag) != "CompleteMultipartUpload":
-        raise _malformed()
+    root = await request_xml(call, MAX_COMPLETE_XML)
+    if local_name(root.tag) != "CompleteMultipartUpload":
+        raise malformed_xml()
     parts: list[tuple[int, str]] = []
     for element in root:
-        if _local(element.tag) != "Part":
+        if local_name(element.tag) != "Part":
             continue
-        fields = {_local(child.tag): (child.text or "").strip() for child in element}
+        fields = {local_name(child.tag): (child.text or "").strip() for child in element}
         number, etag = fields.get("PartNumber", ""), fields.get("ETag")
         if not number.isdigit() or etag is None:
-            raise _malformed()
+            raise malformed_xml()
         parts.append((int(number), etag))
     if not parts:
-        raise _malformed()
+        raise malformed_xml()
     return parts
-
-
-def _local(tag: str) -> str:
-    return tag.rpartition("}")[2]
-
-
-def _malformed() -> S3Error:
-    return S3Error(
-        "MalformedXML",
-        "The XML you provided was not well-formed or did not validate against our published schema",
-    )
 
 
 async def abort(ctx: S3Context, call: Call) -> None:

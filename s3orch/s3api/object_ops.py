@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING
 
 from attrs import frozen
@@ -16,7 +16,7 @@ from s3orch.s3api.ranges import parse_range
 from s3orch.s3api.replies import not_implemented
 from s3orch.s3api.request import set_metadata_header
 from s3orch.s3api.streaming import write_body
-from s3orch.store.records import ObjectVersion
+from s3orch.store.records import ObjectVersion, Precondition
 
 if TYPE_CHECKING:
     from s3orch.s3api.resource import Call, S3Context
@@ -83,10 +83,7 @@ async def begin_put(ctx: S3Context, call: Call) -> ObjectVersion:
     """Check a PutObject, then store it (S3Error before any byte moves if it is wrong)."""
     assert call.key is not None
     headers = call.headers
-    if "x-amz-copy-source" in headers:
-        raise not_implemented("CopyObject")
-    if "if-none-match" in headers or "if-match" in headers:
-        raise not_implemented("Conditional PutObject")
+    precondition = write_precondition(headers)
     body = incoming_body(ctx, call, ctx.max_object_size)
     metadata = object_headers.user_metadata(headers)
     stored = object_headers.stored_headers(headers)
@@ -101,7 +98,20 @@ async def begin_put(ctx: S3Context, call: Call) -> ObjectVersion:
         stored,
         content_md5=body.content_md5,
         body_md5=body.body_md5,
+        precondition=precondition,
     )
+
+
+def write_precondition(headers: Mapping[str, str]) -> Precondition | None:
+    """The conditional-write headers of a PUT: ``If-None-Match: *`` and ``If-Match``."""
+    none_match = headers.get("if-none-match")
+    match = headers.get("if-match")
+    if none_match is None and match is None:
+        return None
+    if none_match is not None and none_match.strip() != "*":
+        raise not_implemented("If-None-Match with a value other than '*'")
+    etag = match.strip().removeprefix("W/").strip('"') if match is not None else None
+    return Precondition(absent=none_match is not None, etag=etag)
 
 
 async def delete_object(ctx: S3Context, call: Call) -> None:

@@ -7,7 +7,7 @@ import binascii
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from s3orch.s3api import multipart_ops, object_ops, xml
+from s3orch.s3api import copy_ops, delete_ops, multipart_ops, object_ops, xml
 from s3orch.s3api.errors import S3Error
 from s3orch.s3api.replies import (
     SUBRESOURCES,
@@ -57,6 +57,8 @@ def early_upload(ctx: S3Context, call: Call) -> Coroutine[Any, Any, object] | No
     if not call.bucket or call.key is None or call.method != "PUT":
         return None
     subresources = {name for name in call.query if name in SUBRESOURCES}
+    if "x-amz-copy-source" in call.headers:
+        return None
     if not subresources:
         _check_bucket_access(ctx, call)
         return object_ops.begin_put(ctx, call)
@@ -90,6 +92,10 @@ async def _bucket_operation(ctx: S3Context, call: Call) -> None:
     if call.method == "DELETE":
         refuse_subresources(call)
         raise not_implemented("Deleting a bucket (buckets are defined in the configuration)")
+    if call.method == "POST" and "delete" in call.query:
+        refuse_subresources(call, frozenset({"delete"}))
+        await delete_ops.delete_objects(ctx, call)
+        return
     if call.method == "POST":
         refuse_subresources(call)
     raise method_not_allowed(call, "BUCKET")
@@ -108,6 +114,9 @@ async def _object_operation(ctx: S3Context, call: Call) -> None:
         await object_ops.get_object(ctx, call)
     elif method == "PUT" and names == _PART:
         await multipart_ops.upload_part(ctx, call)
+    elif method == "PUT" and "x-amz-copy-source" in call.headers:
+        refuse_subresources(call)
+        await copy_ops.copy_object(ctx, call)
     elif method == "PUT":
         refuse_subresources(call)
         await object_ops.put_object(ctx, call)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import TYPE_CHECKING
+from xml.etree.ElementTree import Element
+
+import defusedxml.ElementTree as SafeET
+from defusedxml import DefusedXmlException
 
 from s3orch.s3api.errors import S3Error
+from s3orch.s3api.headers import content_md5
 
 if TYPE_CHECKING:
     from s3orch.s3api.resource import Call
@@ -94,3 +100,31 @@ def int_param(call: Call, name: str, default: int, low: int, high: int, message:
     if not low <= value <= high:
         raise S3Error("InvalidArgument", message, ArgumentName=name, ArgumentValue=raw)
     return value
+
+
+def malformed_xml() -> S3Error:
+    return S3Error(
+        "MalformedXML",
+        "The XML you provided was not well-formed or did not validate against our published schema",
+    )
+
+
+def local_name(tag: str) -> str:
+    """An XML tag without its namespace."""
+    return tag.rpartition("}")[2]
+
+
+async def request_xml(call: Call, limit: int) -> Element:
+    """The request body parsed safely (no entities, no DTDs), or MalformedXML."""
+    spool = call.request.spool
+    if spool is None or spool.written > limit or spool.written == 0:
+        raise malformed_xml()
+    text = await spool.read(0, spool.written)
+    expected = content_md5(call.headers)
+    if expected is not None and hashlib.md5(text, usedforsecurity=False).digest() != expected:
+        raise S3Error("BadDigest", "The Content-MD5 you specified did not match what we received.")
+    try:
+        root: Element = SafeET.fromstring(text)
+    except (SafeET.ParseError, DefusedXmlException, ValueError):
+        raise malformed_xml() from None
+    return root

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import unquote
 
 from attrs import define, frozen
@@ -32,7 +32,7 @@ from s3orch.s3api.auth import Credentials, Principal
 from s3orch.s3api.errors import S3Error
 from s3orch.s3api.request import S3Request
 from s3orch.sigv4 import SignedRequest
-from s3orch.store.records import TooManyUploads
+from s3orch.store.records import PreconditionFailed, TooManyUploads
 
 log = Logger()
 
@@ -238,6 +238,7 @@ _CORE_ERRORS: dict[type[Exception], Callable[[Exception], S3Error]] = {
     multipart.EntityTooSmall: lambda e: S3Error(
         "EntityTooSmall", "Your proposed upload is smaller than the minimum allowed object size."
     ),
+    PreconditionFailed: lambda e: _precondition_failed(cast(PreconditionFailed, e)),
     TooManyUploads: lambda e: S3Error(
         "SlowDown", "Too many multipart uploads in progress for this bucket; try again later."
     ),
@@ -245,6 +246,16 @@ _CORE_ERRORS: dict[type[Exception], Callable[[Exception], S3Error]] = {
         "ServiceUnavailable", "A storage backend failed; try again later."
     ),
 }
+
+
+def _precondition_failed(error: PreconditionFailed) -> S3Error:
+    if error.missing:
+        return S3Error("NoSuchKey", "The specified key does not exist.")
+    return S3Error(
+        "PreconditionFailed",
+        "At least one of the pre-conditions you specified did not hold",
+        Condition=error.condition,
+    )
 
 
 def _translate(error: Exception) -> S3Error:

@@ -208,3 +208,18 @@ def list_uploads(
     for common in prefixes:
         parts.append(f"<CommonPrefixes>{_element('Prefix', enc(common))}</CommonPrefixes>")
     return _document("ListMultipartUploadsResult", "".join(parts))
+
+
+def copy_result(root: str, etag: str, modified: float) -> bytes:
+    """CopyObjectResult or CopyPartResult."""
+    body = _element("LastModified", iso8601(modified)) + _element("ETag", f'"{etag}"')
+    return _document(root, body)
+
+
+def delete_result(deleted: Sequence[str], errors: Sequence[tuple[str, str, str]]) -> bytes:
+    """DeleteResult: one Deleted per key removed, one Error per key that failed."""
+    body = "".join(f"<Deleted>{_element('Key', key)}</Deleted>" for key in deleted)
+    for key, code, message in errors:
+        fields = _element("Key", key) + _element("Code", code) + _element("Message", message)
+        body += f"<Error>{fields}</Error>"
+    return _document("DeleteResult", body)

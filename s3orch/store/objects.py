@@ -28,6 +28,7 @@ from s3orch.store.records import (
     NoSpace,
     ObjectVersion,
     PendingDeletion,
+    Precondition,
     StoredCopy,
 )
 
@@ -149,13 +150,17 @@ def _remove_version(
     return displaced
 
 
-def commit_version(cur: Cursor, version: ObjectVersion, at: int) -> list[PendingDeletion]:
+def commit_version(
+    cur: Cursor, version: ObjectVersion, at: int, precondition: Precondition | None = None
+) -> list[PendingDeletion]:
     """Make ``version`` current inside the caller's transaction; see ``MetadataStore.commit``.
 
     Shared with completing a multipart upload, whose bytes are committed exactly
     like a PUT's. ``at`` is in microseconds.
     """
     _lock_object(cur, version.bucket, version.key)
+    if precondition is not None:
+        _check_precondition(cur, version.bucket, version.key, precondition)
     deltas: dict[str, _Delta] = {}
     for copy in sorted(version.copies, key=lambda c: c.storage_key):
         cur.execute(
@@ -198,6 +203,16 @@ def commit_version(cur: Cursor, version: ObjectVersion, at: int) -> list[Pending
     )
     _apply(cur, deltas, at)
     return displaced
+
+
+def _check_precondition(cur: Cursor, bucket: str, key: str, precondition: Precondition) -> None:
+    """Raise PreconditionFailed unless the current version is as the write requires.
+
+    Runs under the object's lock, so nothing can change between check and commit.
+    """
+    cur.execute("SELECT etag FROM objects WHERE bucket = ? AND key = ?", (bucket, key))
+    row = cur.fetchone()
+    precondition.check(row[0] if row is not None else None)
 
 
 _OBJECT_COLUMNS = (
@@ -297,7 +312,9 @@ class MetadataStore:
 
         await self._db.run("reserve", txn)
 
-    async def commit(self, version: ObjectVersion, now: float) -> list[PendingDeletion]:
+    async def commit(
+        self, version: ObjectVersion, now: float, precondition: Precondition | None = None
+    ) -> list[PendingDeletion]:
         """Make ``version`` the current version of its (bucket, key), in one transaction.
 
         Each copy's pending upload row becomes a copy row. The version it
@@ -306,13 +323,15 @@ class MetadataStore:
         ``ReservationLost`` if a copy's upload row is gone, and ``NoSpace`` if
         a copy is larger than its reservation and the excess does not fit;
         either way nothing changes. A version must have at least one copy.
+        With a ``precondition`` that does not hold, raises PreconditionFailed
+        and changes nothing.
         """
         if not version.copies:
             raise ValueError(f"{version.bucket}/{version.key}: a version needs a copy")
         at = _micros(now)
 
         def txn(cur: Cursor) -> list[PendingDeletion]:
-            return commit_version(cur, version, at)
+            return commit_version(cur, version, at, precondition)
 
         return await self._db.run("commit", txn)
 

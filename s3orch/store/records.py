@@ -74,6 +74,37 @@ class NoSpace(Exception):
 
 
 @frozen
+class Precondition:
+    """What must hold of the current version for a write to commit (conditional PUT).
+
+    ``absent``: there is no current version (``If-None-Match: *``);
+    ``etag``: the current version has this ETag (``If-Match``).
+    """
+
+    absent: bool = False
+    etag: str | None = None
+
+    def check(self, current_etag: str | None) -> None:
+        """Raise PreconditionFailed unless a current version with ``current_etag`` satisfies it."""
+        if self.absent and current_etag is not None:
+            raise PreconditionFailed("the object already exists", "If-None-Match")
+        if self.etag is not None:
+            if current_etag is None:
+                raise PreconditionFailed("the object does not exist", "If-Match", missing=True)
+            if current_etag != self.etag:
+                raise PreconditionFailed("the object's ETag does not match", "If-Match")
+
+
+class PreconditionFailed(Exception):
+    """The write's ``condition`` does not hold; ``missing`` if it failed for lack of an object."""
+
+    def __init__(self, message: str, condition: str, missing: bool = False) -> None:
+        super().__init__(message)
+        self.condition = condition
+        self.missing = missing
+
+
+@frozen
 class Upload:
     """A multipart upload in progress.
 
