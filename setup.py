@@ -17,6 +17,7 @@ setup(
         "prometheus-client>=0.20",
         "pycryptodome>=3.20",
         "defusedxml>=0.7",
+        "crc32c>=2.4",
         "zope.interface>=6",
     ],
     extras_require={
@@ -27,7 +28,9 @@ setup(
             "hypothesis>=6.100",
             "moto[server]>=5.0",
             "boto3>=1.34",
+            "awscrt",  # botocore needs it for CRC32C checksums
             "awscli>=1.32",
+            "s3cmd>=2.4",
             "ruff>=0.6",
             "mypy>=1.10",
             "mypy-zope>=1.0.5",

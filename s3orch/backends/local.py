@@ -54,8 +54,10 @@ listed part exists under its ETag, then copies the parts into a temp file
 with ``copy_file_range`` (falling back to ``sendfile``, then to reads and
 writes, all in the thread pool), fsyncs it and renames it into place like a
 put. Abort and Complete first rename the upload's directory into ``.tmp``
-(after which no part can land in it), then remove it. A crash can leave an
-upload directory behind; it is inert until aborted.
+(after which no part can land in it), then remove it. The key file is
+written aside and renamed in, so a crash during Create leaves a directory
+without one: no call ever accepts it, and its handle was never returned.
+Any other upload a crash leaves behind is inert until aborted.
 
 All file-system work runs in the injected thread pool; the reactor only
 shuffles chunks. Directory creation/rename and unlink/prune hold one lock so

@@ -86,13 +86,16 @@ class Orchestrator:
         headers: Mapping[str, str],
         content_md5: bytes | None = None,
         body_md5: Callable[[], bytes | None] | None = None,
+        body_headers: Callable[[], Mapping[str, str]] | None = None,
         precondition: Precondition | None = None,
     ) -> ObjectVersion:
         """Store a new current version of ``bucket/key``; return it once committed.
 
         ``content_md5`` is the digest the client claims; ``body_md5``, if
         given, returns the body's real MD5 once the body has been read (the
-        caller hashed it already, so it is not hashed twice). Raises
+        caller hashed it already, so it is not hashed twice). ``body_headers``
+        returns headers to store that are known only once the body is read
+        (a verified checksum). Raises
         InsufficientStorage before reading any byte if nothing has room,
         BadDigest or IncompleteBody if the body is wrong (nothing is stored).
         A ``precondition`` is checked before any byte moves and again,
@@ -113,7 +116,7 @@ class Orchestrator:
                 content_type=content_type,
                 created_at=self.clock.seconds(),
                 metadata=dict(metadata),
-                headers=dict(headers),
+                headers={**headers, **(body_headers() if body_headers else {})},
                 copies=(copy,),
             )
             displaced = await self.store.commit(version, self.clock.seconds(), precondition)

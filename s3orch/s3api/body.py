@@ -12,6 +12,7 @@ import hashlib
 import re
 from collections.abc import AsyncIterator
 
+from s3orch.s3api.checksums import Checksum, Requested
 from s3orch.s3api.chunked import ChunkedDecoder
 from s3orch.s3api.errors import S3Error
 from s3orch.s3api.spool import BodyDigests, Spool
@@ -25,8 +26,16 @@ STREAMING_PREFIX = "STREAMING-"
 class RequestBody:
     """The payload of one request; iterate ``chunks()`` exactly once."""
 
-    def __init__(self, spool: Spool, auth: AuthResult | None, decoded_length: int | None) -> None:
+    def __init__(
+        self,
+        spool: Spool,
+        auth: AuthResult | None,
+        decoded_length: int | None,
+        checksum: Requested | None = None,
+    ) -> None:
         self._spool = spool
+        self._checksum = checksum
+        self.checksum_value: str | None = None
         declared = auth.payload_hash if auth else "UNSIGNED-PAYLOAD"
         self._expected_sha256 = declared if _HEX_SHA256.fullmatch(declared) else None
         self._decoder: ChunkedDecoder | None = None
@@ -34,6 +43,12 @@ class RequestBody:
             self._decoder = ChunkedDecoder(declared, auth, decoded_length)
         self.trailers: dict[str, str] = {}
         self._digests: BodyDigests | None = None
+
+    def checksum_headers(self) -> dict[str, str]:
+        """The verified additional checksum, as the header to store, once the body is read."""
+        if self._checksum is None or self.checksum_value is None:
+            return {}
+        return {self._checksum.header: self.checksum_value}
 
     def md5(self) -> bytes | None:
         """The MD5 the spool took of a plain body, once ``chunks()`` has checked the body."""
@@ -43,6 +58,10 @@ class RequestBody:
         spooled = self._spool.digests if self._decoder is None else None
         hashed_by_spool = spooled is not None and spooled.sha256_hex is not None
         sha256 = hashlib.sha256() if self._expected_sha256 and not hashed_by_spool else None
+        spool_checksum = spooled.checksum if spooled is not None else None
+        checksum = None
+        if self._checksum is not None and spool_checksum is None:
+            checksum = Checksum(self._checksum.algorithm)
         held = b""
         offset = 0
         while True:
@@ -54,6 +73,8 @@ class RequestBody:
                 block = self._decode(block)
             elif sha256 is not None:
                 sha256.update(block)
+            if checksum is not None:
+                checksum.update(block)
             if not block:
                 continue
             if held:
@@ -70,6 +91,11 @@ class RequestBody:
             if computed is None and digests is not None:
                 computed = digests.sha256_hex
             self._check_sha256(computed or "")
+        if self._checksum is not None:
+            found = checksum or (digests.checksum if digests is not None else None)
+            assert found is not None
+            self.checksum_value = found.b64()
+            self._checksum.verify(self.checksum_value, self.trailers)
         self._digests = digests
         if held:
             yield held

@@ -75,8 +75,11 @@ def http_date(seconds: float) -> str:
     return email.utils.formatdate(int(seconds), usegmt=True)
 
 
-def object_headers(version: ObjectVersion) -> dict[str, str]:
-    """Response headers describing ``version`` (Content-Length and user metadata excluded)."""
+def object_headers(version: ObjectVersion, with_checksum: bool = False) -> dict[str, str]:
+    """Response headers describing ``version`` (Content-Length and user metadata excluded).
+
+    The stored additional checksum is included only when asked for.
+    """
     headers = {
         "ETag": f'"{version.etag}"',
         "Last-Modified": http_date(version.created_at),
@@ -84,5 +87,9 @@ def object_headers(version: ObjectVersion) -> dict[str, str]:
         "Accept-Ranges": "bytes",
     }
     for name, value in version.headers.items():
+        if name.startswith("x-amz-checksum-"):
+            if with_checksum:
+                headers[name] = value
+            continue
         headers["-".join(part.capitalize() for part in name.split("-"))] = value
     return headers

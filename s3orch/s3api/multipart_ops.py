@@ -51,15 +51,18 @@ async def upload_part(ctx: S3Context, call: Call) -> None:
         await copy_ops.upload_part_copy(ctx, call, _part_number(call))
         return
     early = call.request.early_upload
-    part = await early if early is not None else await begin_upload_part(ctx, call)
+    part, checksum = await early if early is not None else await begin_upload_part(ctx, call)
     call.request.setHeader(b"ETag", f'"{part.etag}"'.encode())
+    for name, value in checksum.items():
+        call.request.setHeader(name.encode(), value.encode())
 
 
-async def begin_upload_part(ctx: S3Context, call: Call) -> Part:
+async def begin_upload_part(ctx: S3Context, call: Call) -> tuple[Part, dict[str, str]]:
+    """Check and store one part; returns it with its verified checksum header, if any."""
     assert call.key is not None
     number = _part_number(call)
     body = incoming_body(ctx, call, MAX_PART_SIZE)
-    return await ctx.multipart.upload_part(
+    part = await ctx.multipart.upload_part(
         call.bucket,
         call.key,
         call.query["uploadId"],
@@ -69,6 +72,7 @@ async def begin_upload_part(ctx: S3Context, call: Call) -> Part:
         body.content_md5,
         body.body_md5,
     )
+    return part, body.checksum_headers()
 
 
 async def complete(ctx: S3Context, call: Call) -> None:

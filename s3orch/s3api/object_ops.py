@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from attrs import frozen
 
 from s3orch.objects.errors import Unavailable
-from s3orch.s3api import conditions
+from s3orch.s3api import checksums, conditions
 from s3orch.s3api import headers as object_headers
 from s3orch.s3api.body import STREAMING_PREFIX, RequestBody
 from s3orch.s3api.errors import S3Error
@@ -39,6 +39,7 @@ class IncomingBody:
     size: int
     content_md5: bytes | None
     body_md5: Callable[[], bytes | None] | None
+    checksum_headers: Callable[[], dict[str, str]]
 
 
 def incoming_body(ctx: S3Context, call: Call, max_size: int) -> IncomingBody:
@@ -69,14 +70,18 @@ def incoming_body(ctx: S3Context, call: Call, max_size: int) -> IncomingBody:
     md5 = object_headers.content_md5(headers)
     spool = call.request.spool
     assert spool is not None
-    body = RequestBody(spool, auth, decoded_length)
-    return IncomingBody(body.chunks(), size, md5, None if streaming else body.md5)
+    body = RequestBody(spool, auth, decoded_length, checksums.requested(headers))
+    return IncomingBody(
+        body.chunks(), size, md5, None if streaming else body.md5, body.checksum_headers
+    )
 
 
 async def put_object(ctx: S3Context, call: Call) -> None:
     early = call.request.early_upload
     version = await early if early is not None else await begin_put(ctx, call)
     call.request.setHeader(b"ETag", f'"{version.etag}"'.encode())
+    for name, value in checksums.stored_checksum(version.headers).items():
+        call.request.setHeader(name.encode(), value.encode())
 
 
 async def begin_put(ctx: S3Context, call: Call) -> ObjectVersion:
@@ -98,6 +103,7 @@ async def begin_put(ctx: S3Context, call: Call) -> ObjectVersion:
         stored,
         content_md5=body.content_md5,
         body_md5=body.body_md5,
+        body_headers=body.checksum_headers,
         precondition=precondition,
     )
 
@@ -147,7 +153,8 @@ async def get_object(ctx: S3Context, call: Call) -> None:
             # An overwrite may have replaced this version between lookup and read.
             if attempt == 2:
                 raise
-    for name, value in object_headers.object_headers(version).items():
+    with_checksum = span is None and call.headers.get("x-amz-checksum-mode") == "ENABLED"
+    for name, value in object_headers.object_headers(version, with_checksum).items():
         request.setHeader(name.encode("latin-1"), value.encode("latin-1", "replace"))
     for name, value in version.metadata.items():
         set_metadata_header(request, name, value)

@@ -12,6 +12,8 @@ from twisted.web.resource import IResource
 from twisted.web.server import Request, Site
 
 from s3orch.httputil import enlarge_reads
+from s3orch.s3api import checksums
+from s3orch.s3api.errors import S3Error
 from s3orch.s3api.spool import BodyLost, InThread, Spool
 
 # PUT bodies larger than this start their upload before the whole body is in.
@@ -58,7 +60,7 @@ class S3Request(Request):
             self.content = _Discard()
             return
         declared = (self.requestHeaders.getRawHeaders(b"x-amz-content-sha256") or [b""])[0]
-        self.spool = Spool(length, declared.decode("latin-1"), self.hasher)
+        self.spool = Spool(length, declared.decode("latin-1"), self.hasher, self._checksum())
         self.content = self.spool.file
         if length is None or length <= EARLY_UPLOAD_MIN:
             return
@@ -68,6 +70,18 @@ class S3Request(Request):
         uri = getattr(self.channel, "_path", None)
         if method == b"PUT" and uri is not None and self.start_upload is not None:
             self.early_upload = self.start_upload(self, method, uri)
+
+    def _checksum(self) -> str | None:
+        """The additional checksum algorithm the headers name, if a known one."""
+        headers = {
+            name.decode("latin-1").lower(): values[0].decode("latin-1")
+            for name, values in self.requestHeaders.getAllRawHeaders()
+        }
+        try:
+            wanted = checksums.requested(headers)
+        except S3Error:
+            return None  # refused when the request is processed
+        return wanted.algorithm if wanted is not None else None
 
     def handleContentChunk(self, data: bytes) -> None:
         self._received += len(data)

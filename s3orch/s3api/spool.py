@@ -19,6 +19,8 @@ from typing import IO, Any
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
+from s3orch.s3api.checksums import Checksum
+
 # Bodies up to this size stay in memory; larger ones go to a temporary file.
 MEMORY_LIMIT = 256 * 1024
 _HEX_SHA256 = re.compile(r"[0-9a-f]{64}")
@@ -34,22 +36,31 @@ class BodyDigests:
     since their raw bytes are not the payload.
     """
 
-    def __init__(self, declared_sha256: str | None) -> None:
+    def __init__(self, declared_sha256: str | None, checksum: Checksum | None = None) -> None:
         self._md5 = hashlib.md5(usedforsecurity=False)
         self._sha256 = hashlib.sha256() if declared_sha256 else None
+        self.checksum = checksum
 
     @classmethod
-    def for_header(cls, content_sha256: str) -> BodyDigests | None:
-        """Digests for a body sent with this x-amz-content-sha256 value (None: aws-chunked)."""
+    def for_header(cls, content_sha256: str, checksum: str | None = None) -> BodyDigests | None:
+        """Digests for a body sent with this x-amz-content-sha256 value (None: aws-chunked).
+
+        ``checksum`` names an additional algorithm the client asked for.
+        """
         if content_sha256.startswith("STREAMING-"):
             return None
         declared = content_sha256.lower()
-        return cls(declared if _HEX_SHA256.fullmatch(declared) else None)
+        return cls(
+            declared if _HEX_SHA256.fullmatch(declared) else None,
+            Checksum(checksum) if checksum else None,
+        )
 
     def update(self, data: bytes) -> None:
         self._md5.update(data)
         if self._sha256 is not None:
             self._sha256.update(data)
+        if self.checksum is not None:
+            self.checksum.update(data)
 
     @property
     def md5(self) -> bytes:
@@ -86,7 +97,11 @@ class Spool:
     """
 
     def __init__(
-        self, length: int | None, content_sha256: str, hasher: InThread | None = None
+        self,
+        length: int | None,
+        content_sha256: str,
+        hasher: InThread | None = None,
+        checksum: str | None = None,
     ) -> None:
         self.file: IO[bytes]
         if length is not None and length <= MEMORY_LIMIT:
@@ -96,7 +111,7 @@ class Spool:
             self._memory = None
             # Unbuffered, so every byte written is visible to pread at once.
             self.file = tempfile.TemporaryFile(prefix="s3orch-body-", buffering=0)  # noqa: SIM115
-        self.digests = BodyDigests.for_header(content_sha256)
+        self.digests = BodyDigests.for_header(content_sha256, checksum)
         self._hasher = hasher if self._memory is None else None
         self._hashing: Deferred[int] | None = None
         self._hashed_to = 0

@@ -651,9 +651,11 @@ def query_of(request: FakeRequest) -> dict[str, str]:
 def test_multipart_requests_use_the_s3_verbs_and_queries() -> None:
     """Create, UploadPart and Abort are POST ?uploads, PUT ?partNumber&uploadId, DELETE ?uploadId."""
     backend, client = fake_backend(Clock())
-    Deferred.fromCoroutine(backend.create_multipart("a b"))
-    Deferred.fromCoroutine(backend.upload_part("a b", "id/+=", 7, chunks_of(b"x" * 10), 10))
-    Deferred.fromCoroutine(backend.abort_multipart("a b", "id/+="))
+    calls = [
+        Deferred.fromCoroutine(backend.create_multipart("a b")),
+        Deferred.fromCoroutine(backend.upload_part("a b", "id/+=", 7, chunks_of(b"x" * 10), 10)),
+        Deferred.fromCoroutine(backend.abort_multipart("a b", "id/+=")),
+    ]
     create, part, abort = client.requests
     assert (create.method, urlsplit(create.url).path, query_of(create)) == (
         "POST",
@@ -664,8 +666,10 @@ def test_multipart_requests_use_the_s3_verbs_and_queries() -> None:
     assert part.headers["x-amz-content-sha256"] == "UNSIGNED-PAYLOAD"
     assert part.data.length == 10
     assert (abort.method, query_of(abort)) == ("DELETE", {"uploadId": "id/+="})
-    for request in client.requests:
-        request.deferred.cancel()
+    for call in calls:
+        call.cancel()
+        with pytest.raises(CancelledError):
+            raise_result(call)
 
 
 def test_complete_sends_the_part_list_as_signed_xml() -> None:
@@ -688,6 +692,8 @@ def test_complete_sends_the_part_list_as_signed_xml() -> None:
         ("10", '"cc"'),
     ]
     d.cancel()
+    with pytest.raises(CancelledError):
+        raise_result(d)
 
 
 def test_an_empty_upload_id_is_never_sent() -> None:
@@ -704,7 +710,8 @@ def test_an_empty_upload_id_is_never_sent() -> None:
 
 
 def respond(connection: ScriptedConnection, status: str, body: bytes, *headers: str) -> None:
-    head = "".join(f"{h}\r\n" for h in headers)
+    """Answer, closing the connection: the next request then arrives on a new one."""
+    head = "".join(f"{h}\r\n" for h in (*headers, "Connection: close"))
     connection.send(
         f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body
     )
@@ -714,7 +721,7 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-CHUNKED_200 = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+CHUNKED_200 = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
 COMPLETED = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<CompleteMultipartUploadResult '
     b'xmlns="http://s3.amazonaws.com/doc/2006-03-01/"><Key>k</Key><ETag>"x-2"</ETag>'

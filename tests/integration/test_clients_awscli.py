@@ -179,6 +179,31 @@ def test_rm_recursive(server: S3OrchProcess, tmp_path: Path) -> None:
     assert [o["Key"] for o in left["Contents"]] == ["rmr-keep/one"]
 
 
+def test_cp_and_mv_within_bucket(server: S3OrchProcess, tmp_path: Path) -> None:
+    """s3 cp between keys copies server-side (part copies above 8 MiB); s3 mv removes the source."""
+    files = write_tree(tmp_path, {"small": 1234, "large": 17 * MiB})
+    for name in files:
+        ok(aws(server, "s3", "cp", "--no-progress", str(tmp_path / name), f"s3://test/cp/{name}"))
+    s3 = boto_client(server.endpoint)
+    for name, data in files.items():
+        copied = ok(
+            aws(
+                server, "s3", "cp", "--no-progress", f"s3://test/cp/{name}", f"s3://test/cp2/{name}"
+            )
+        )
+        assert f"copy: s3://test/cp/{name} to s3://test/cp2/{name}" in copied
+        assert s3.get_object(Bucket="test", Key=f"cp2/{name}")["Body"].read() == data
+    assert s3.head_object(Bucket="test", Key="cp2/large")["ETag"].endswith('-3"')
+    moved = ok(
+        aws(server, "s3", "mv", "--no-progress", "s3://test/cp2/large", "s3://test/cp3/large")
+    )
+    assert "move: s3://test/cp2/large to s3://test/cp3/large" in moved
+    assert s3.get_object(Bucket="test", Key="cp3/large")["Body"].read() == files["large"]
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket="test", Prefix="cp2/")["Contents"]] == [
+        "cp2/small"
+    ]
+
+
 def test_s3api_get_object_if_match(server: S3OrchProcess, tmp_path: Path) -> None:
     """get-object --if-match returns the object for its ETag and fails with 412 for another."""
     body = tmp_path / "body"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import threading
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 from boto3.s3.transfer import TransferConfig
+from botocore.exceptions import ClientError
 
 from s3orch.testing.s3orch_process import S3OrchProcess, local_config
 from tests.integration.helpers import boto_client
@@ -53,7 +55,9 @@ def test_presigned_get(s3: Any) -> None:
         assert response.read() == b"presigned bytes"
         assert response.headers["Content-Type"] == "text/plain"
         assert response.headers["Content-Disposition"] == 'attachment; filename="get.txt"'
-    tampered = url.replace("presign%2Fget", "presign%2Fother").replace("presign/get", "presign/other")
+    tampered = url.replace("presign%2Fget", "presign%2Fother").replace(
+        "presign/get", "presign/other"
+    )
     with pytest.raises(urllib.error.HTTPError) as excinfo:
         urllib.request.urlopen(tampered, timeout=30)
     assert excinfo.value.code == 403
@@ -61,19 +65,20 @@ def test_presigned_get(s3: Any) -> None:
 
 def test_presigned_put(s3: Any) -> None:
     """A presigned PUT URL used by urllib stores the body with the signed Content-Type."""
+    body = b"a,b\n1,2\n"
     url = s3.generate_presigned_url(
         "put_object",
         Params={"Bucket": "test", "Key": "presign/put", "ContentType": "text/csv"},
         ExpiresIn=300,
     )
     request = urllib.request.Request(
-        url, data=b"a,b\n1,2\n", method="PUT", headers={"Content-Type": "text/csv"}
+        url, data=body, method="PUT", headers={"Content-Type": "text/csv"}
     )
     with urllib.request.urlopen(request, timeout=30) as response:
         assert response.status == 200
-        assert response.headers["ETag"] == f'"{hashlib.md5(b"a,b\n1,2\n").hexdigest()}"'
+        assert response.headers["ETag"] == f'"{hashlib.md5(body).hexdigest()}"'
     got = s3.get_object(Bucket="test", Key="presign/put")
-    assert got["Body"].read() == b"a,b\n1,2\n"
+    assert got["Body"].read() == body
     assert got["ContentType"] == "text/csv"
 
 
@@ -166,3 +171,23 @@ def test_upload_and_download_file_multipart(s3: Any, tmp_path: Path) -> None:
     s3.download_file("test", "transfer/big", str(target), Config=config)
     assert hashlib.sha256(target.read_bytes()).digest() == hashlib.sha256(data).digest()
     assert len(ranges) == 4 and all(r.startswith("bytes=") for r in ranges), ranges
+
+
+def test_checksum_sent_is_verified_and_returned(s3: Any) -> None:
+    """A SHA-256 checksum boto3 sends is returned with ChecksumMode; a wrong one is BadDigest."""
+    body = b"checksummed body"
+    digest = base64.b64encode(hashlib.sha256(body).digest()).decode()
+    put = s3.put_object(Bucket="test", Key="sum/ok", Body=body, ChecksumAlgorithm="SHA256")
+    assert put["ChecksumSHA256"] == digest
+    head = s3.head_object(Bucket="test", Key="sum/ok", ChecksumMode="ENABLED")
+    assert head["ChecksumSHA256"] == digest
+    got = s3.get_object(Bucket="test", Key="sum/ok", ChecksumMode="ENABLED")
+    assert got["ChecksumSHA256"] == digest and got["Body"].read() == body
+
+    other = base64.b64encode(hashlib.sha256(b"other body").digest()).decode()
+    with pytest.raises(ClientError) as excinfo:
+        s3.put_object(Bucket="test", Key="sum/bad", Body=body, ChecksumSHA256=other)
+    assert excinfo.value.response["Error"]["Code"] == "BadDigest"
+    with pytest.raises(ClientError) as missing:
+        s3.head_object(Bucket="test", Key="sum/bad")
+    assert missing.value.response["Error"]["Code"] == "404"
