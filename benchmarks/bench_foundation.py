@@ -444,6 +444,11 @@ def backend_entry(settings: Settings, workdir: Path, moto: MotoServer | None) ->
             "quota_bytes": 0,
         }
     assert moto is not None
+    return s3_backend_entry(moto)
+
+
+def s3_backend_entry(moto: MotoServer) -> dict[str, Any]:
+    """An ``s3`` backend on moto's ``BACKEND_BUCKET``, the bucket s3orch writes to."""
     return {
         "name": "moto",
         "type": "s3",
@@ -455,6 +460,19 @@ def backend_entry(settings: Settings, workdir: Path, moto: MotoServer | None) ->
         "force_path_style": True,
         "quota_bytes": 0,
     }
+
+
+@contextlib.contextmanager
+def started_moto() -> Iterator[MotoServer]:
+    """A running moto server with the s3orch and the direct buckets, stopped however it ends."""
+    moto = MotoServer(region=REGION)
+    try:
+        moto.start()
+        moto.make_bucket(BACKEND_BUCKET)
+        moto.make_bucket(DIRECT_BUCKET)
+        yield moto
+    finally:
+        moto.stop()
 
 
 @contextlib.contextmanager
@@ -581,13 +599,9 @@ def run(settings: Settings) -> dict[str, Any]:
         pids: dict[str, int | str] = {"client": "self"}
         if settings.backend == "s3":
             log("starting moto server")
-            moto = MotoServer(region=REGION)
-            stack.callback(moto.stop)
-            moto.start()
+            moto = stack.enter_context(started_moto())
             assert moto.process is not None
             pids["moto"] = moto.process.pid
-            moto.make_bucket(BACKEND_BUCKET)
-            moto.make_bucket(DIRECT_BUCKET)
             direct = S3Target(
                 "direct (moto)", moto.endpoint, DIRECT_BUCKET, moto.access_key, moto.secret_key
             )

@@ -930,20 +930,26 @@ def _read_s3_backend(
     )
 
 
-def _endpoint_problem(endpoint: str) -> str | None:
-    """Why ``endpoint`` is not a usable http(s) URL. Never quotes it: it might carry userinfo."""
+def _url_problem(url_text: str, example: str, credentials_hint: str) -> str | None:
+    """Why ``url_text`` is not a usable http(s) URL. Never quotes it: it might carry userinfo."""
     try:
-        url = urlsplit(endpoint)
+        url = urlsplit(url_text)
         url.port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
         return "must be an http:// or https:// URL"
     if url.scheme not in ("http", "https") or not url.hostname:
-        return "must be an http:// or https:// URL, e.g. https://s3.us-east-1.amazonaws.com"
+        return f"must be an http:// or https:// URL, e.g. {example}"
     if url.username is not None or url.password is not None:
-        return "must not contain credentials; use access_key_id and secret_access_key"
+        return f"must not contain credentials; use {credentials_hint}"
     if url.query or url.fragment:
         return "must not have a query or fragment"
     return None
+
+
+def _endpoint_problem(endpoint: str) -> str | None:
+    return _url_problem(
+        endpoint, "https://s3.us-east-1.amazonaws.com", "access_key_id and secret_access_key"
+    )
 
 
 def _read_admin(section: _Section | None) -> AdminConfig:
@@ -1152,16 +1158,4 @@ def _read_vault(section: _Section) -> VaultConfig | None:
 
 
 def _vault_address_problem(address: str) -> str | None:
-    """Why ``address`` is not a usable Vault URL. Never quotes it: it might carry userinfo."""
-    try:
-        url = urlsplit(address)
-        url.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError:
-        return "must be an http:// or https:// URL"
-    if url.scheme not in ("http", "https") or not url.hostname:
-        return "must be an http:// or https:// URL, e.g. https://vault:8200"
-    if url.username is not None or url.password is not None:
-        return "must not contain credentials; use token or token_file"
-    if url.query or url.fragment:
-        return "must not have a query or fragment"
-    return None
+    return _url_problem(address, "https://vault:8200", "token or token_file")

@@ -449,6 +449,16 @@ class Sealer:
         return sealed
 
 
+def check_chunk_shape(layout: Layout, index: int, sealed: BytesLike, last: bool) -> None:
+    """Refuse a sealed chunk whose position flag or length does not fit the object's layout."""
+    expected = layout.chunk_sealed_len(index)
+    if last != (index == layout.chunk_count - 1):
+        raise ValueError(f"chunk {index} of {layout.chunk_count}: last={last} is wrong")
+    if len(sealed) != expected:
+        error = TruncatedError if len(sealed) < expected else TamperedError
+        raise error(f"chunk {index} is {len(sealed)} bytes, expected {expected}")
+
+
 class Opener:
     """Decrypts one SENC v2 object, any chunk in any order (for range reads)."""
 
@@ -471,13 +481,7 @@ class Opener:
 
     def open_chunk(self, index: int, sealed: BytesLike, last: bool) -> bytes:
         """Chunk ``index``'s plaintext, returned only once its tag has been verified."""
-        layout = self._layout
-        expected = layout.chunk_sealed_len(index)
-        if last != (index == layout.chunk_count - 1):
-            raise ValueError(f"chunk {index} of {layout.chunk_count}: last={last} is wrong")
-        if len(sealed) != expected:
-            error = TruncatedError if len(sealed) < expected else TamperedError
-            raise error(f"chunk {index} is {len(sealed)} bytes, expected {expected}")
+        check_chunk_shape(self._layout, index, sealed, last)
         plaintext = self._cipher.open(chunk_nonce(index, last), sealed, self._aad)
         if plaintext is None:
             raise TamperedError(

@@ -26,7 +26,7 @@ from s3orch.crypto.envelope import (
     Layout,
     MalformedHeader,
     TamperedError,
-    TruncatedError,
+    check_chunk_shape,
 )
 from s3orch.crypto.keys import (
     DEK_SIZE,
@@ -172,13 +172,7 @@ class Senc1Opener:
 
     def open_chunk(self, index: int, sealed: BytesLike, last: bool) -> bytes:
         """Chunk ``index``'s plaintext, after checking its nonce and its tag."""
-        layout = self._layout
-        expected = layout.chunk_sealed_len(index)
-        if last != (index == layout.chunk_count - 1):
-            raise ValueError(f"chunk {index} of {layout.chunk_count}: last={last} is wrong")
-        if len(sealed) != expected:
-            error = TruncatedError if len(sealed) < expected else TamperedError
-            raise error(f"chunk {index} is {len(sealed)} bytes, expected {expected}")
+        check_chunk_shape(self._layout, index, sealed, last)
         view = memoryview(sealed)
         nonce = chunk_nonce(self.header.base_nonce, index)
         if bytes(view[:NONCE_SIZE]) != nonce:
