@@ -552,6 +552,33 @@ def print_cpu(phases: list[Phase], processes: list[str]) -> None:
     print_grid(headers, lines, left=3)
 
 
+def row_json(row: Row) -> dict[str, Any]:
+    """A result row for the JSON output, with its ratio and verdict spelled out."""
+    return {
+        **{k: v for k, v in asdict(row).items() if k != "samples" or v},
+        "ratio": row.ratio,
+        "passed": row.passed,
+    }
+
+
+def describe_machine(machine: dict[str, Any]) -> str:
+    """The machine in one line, for a report's header: figures only compare on the same one."""
+    return (
+        f"{machine['cpu_count']} CPUs ({machine['cpu_model'] or 'unknown'}), "
+        f"{machine['mem_total_gib']} GiB RAM, Python {machine['python']}, {machine['platform']}"
+    )
+
+
+def emit_json(result: dict[str, Any], path: str | None) -> None:
+    """The raw figures: to ``path`` if given (saying so), else to stdout after the tables."""
+    text = json.dumps(result, indent=2)
+    if path:
+        Path(path).write_text(text + "\n")
+        print(f"raw figures written to {path}")
+    else:
+        print(text)
+
+
 def machine_info() -> dict[str, Any]:
     cpu_model = ""
     with contextlib.suppress(OSError):
@@ -698,14 +725,7 @@ def run(settings: Settings) -> dict[str, Any]:
         "settings": asdict(settings),
         "direct_baseline": direct.label,
         "elapsed_s": round(time.perf_counter() - began, 1),
-        "results": [
-            {
-                **{k: v for k, v in asdict(row).items() if k != "samples" or v},
-                "ratio": row.ratio,
-                "passed": row.passed,
-            }
-            for row in rows
-        ],
+        "results": [row_json(row) for row in rows],
         "phases": [asdict(ph) for ph in phases],
         "raw": raw,
         "_rows": rows,
@@ -754,11 +774,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[Row] = result.pop("_rows")
     machine = result["machine"]
     print()
-    print(
-        f"s3orch foundation benchmark - backend: {settings.backend}; "
-        f"{machine['cpu_count']} CPUs ({machine['cpu_model'] or 'unknown'}), "
-        f"{machine['mem_total_gib']} GiB RAM, Python {machine['python']}, {machine['platform']}"
-    )
+    print(f"s3orch foundation benchmark - backend: {settings.backend}; {describe_machine(machine)}")
     if settings.backend == "local":
         print(
             "baseline: plain file write/read of the same bytes in a local directory "
@@ -781,12 +797,7 @@ def main(argv: list[str] | None = None) -> int:
     print_cpu(result.pop("_phases"), result.pop("_processes"))
     print()
     print(f"elapsed: {result['elapsed_s']} s")
-    text = json.dumps(result, indent=2)
-    if settings.json_path:
-        Path(settings.json_path).write_text(text + "\n")
-        print(f"raw figures written to {settings.json_path}")
-    else:
-        print(text)
+    emit_json(result, settings.json_path)
     return 0
 
 
