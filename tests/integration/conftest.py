@@ -78,6 +78,16 @@ def s3orch(
     server.stop()
 
 
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3OrchProcess]:
+    """One s3orch on local backends and SQLite for a whole module (modules may override it)."""
+    workdir = tmp_path_factory.mktemp("server")
+    process = S3OrchProcess(workdir, local_config(workdir))
+    process.start()
+    yield process
+    process.stop()
+
+
 @pytest.fixture
 def s3(s3orch: S3OrchProcess) -> Any:
     """A boto3 client for bucket ``test`` on the suite's server."""

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import http.client
+import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -96,3 +99,29 @@ def wait_for(condition: Callable[[], bool], timeout: float = 20.0, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         pause.wait(0.02)
+
+
+def run_tool(
+    argv: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    """Run a command-line client to completion, capturing its text output."""
+    return subprocess.run(
+        argv, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def succeeded(done: subprocess.CompletedProcess[str]) -> subprocess.CompletedProcess[str]:
+    """``done``, after asserting it exited 0 (its output is in the failure message)."""
+    assert done.returncode == 0, f"{done.args}\nstdout: {done.stdout}\nstderr: {done.stderr}"
+    return done
+
+
+def write_tree(root: Path, sizes: dict[str, int]) -> dict[str, bytes]:
+    """Random files of the given sizes under ``root``; returns their contents by name."""
+    contents = {}
+    for name, size in sizes.items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        contents[name] = os.urandom(size)
+        path.write_bytes(contents[name])
+    return contents

@@ -8,26 +8,15 @@ import os
 import time
 import zlib
 from pathlib import Path
-from typing import Any
 
-import pytest
 from botocore.httpchecksum import AwsChunkedWrapper, Crc32Checksum
 
 from s3orch.sigv4 import signing_key
 from s3orch.testing.aws_chunked import ChunkSigning, encode_aws_chunked
-from s3orch.testing.s3orch_process import DEMO_SECRET_KEY, S3OrchProcess, local_config
+from s3orch.testing.s3orch_process import DEMO_SECRET_KEY, S3OrchProcess
 from tests.integration.helpers import raw_request, signed_request
 
 TOKEN = {"X-Proxy-Token": "test-proxy-token-0123456789"}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    workdir = tmp_path_factory.mktemp("chunked")
-    process = S3OrchProcess(workdir, local_config(workdir))
-    process.start()
-    yield process
-    process.stop()
 
 
 def stored_bytes(server: S3OrchProcess) -> int:

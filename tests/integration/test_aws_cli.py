@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -15,19 +14,9 @@ from s3orch.testing.s3orch_process import (
     DEMO_ACCESS_KEY,
     DEMO_SECRET_KEY,
     S3OrchProcess,
-    local_config,
 )
 
 pytestmark = pytest.mark.skipif(shutil.which("aws") is None, reason="aws cli not installed")
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    workdir = tmp_path_factory.mktemp("awscli")
-    process = S3OrchProcess(workdir, local_config(workdir))
-    process.start()
-    yield process
-    process.stop()
 
 
 def aws(

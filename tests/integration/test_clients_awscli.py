@@ -7,20 +7,16 @@ import json
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from s3orch.testing.s3orch_process import (
     DEMO_ACCESS_KEY,
     DEMO_SECRET_KEY,
     S3OrchProcess,
-    local_config,
 )
-from tests.integration.helpers import boto_client
+from tests.integration.helpers import boto_client, run_tool, succeeded, write_tree
 
 MiB = 1024 * 1024
 
@@ -35,26 +31,6 @@ SYNC_TREE = {
 SMALL_TREE = {"one": 1, "two/2": 22, "two/three/3": 333, "four": 4444}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3OrchProcess]:
-    """One s3orch on local backends and SQLite for the whole module."""
-    workdir = tmp_path_factory.mktemp("clients-awscli")
-    process = S3OrchProcess(workdir, local_config(workdir))
-    process.start()
-    yield process
-    process.stop()
-
-
-def write_tree(root: Path, sizes: dict[str, int]) -> dict[str, bytes]:
-    contents = {}
-    for name, size in sizes.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        contents[name] = os.urandom(size)
-        path.write_bytes(contents[name])
-    return contents
-
-
 def aws(server: S3OrchProcess, *args: str) -> subprocess.CompletedProcess[str]:
     # No config or credentials file: the user's ~/.aws is never read.
     env = {
@@ -66,19 +42,14 @@ def aws(server: S3OrchProcess, *args: str) -> subprocess.CompletedProcess[str]:
         "AWS_SHARED_CREDENTIALS_FILE": "/dev/null",
         "AWS_MAX_ATTEMPTS": "1",
     }
-    return subprocess.run(
+    return run_tool(
         ["aws", "--endpoint-url", server.endpoint, *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        env,
     )
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, f"{done.args}\nstdout: {done.stdout}\nstderr: {done.stderr}"
-    return done.stdout
+    return succeeded(done).stdout
 
 
 def actions(output: str, verb: str) -> set[str]:

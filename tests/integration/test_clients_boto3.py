@@ -8,7 +8,6 @@ import os
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +15,10 @@ import pytest
 from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
-from s3orch.testing.s3orch_process import S3OrchProcess, local_config
+from s3orch.testing.s3orch_process import S3OrchProcess
 from tests.integration.helpers import boto_client
 
 MiB = 1024 * 1024
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3OrchProcess]:
-    """One s3orch on local backends and SQLite for the whole module."""
-    workdir = tmp_path_factory.mktemp("clients-boto3")
-    process = S3OrchProcess(workdir, local_config(workdir))
-    process.start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ import hashlib
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,9 +14,8 @@ from s3orch.testing.s3orch_process import (
     DEMO_ACCESS_KEY,
     DEMO_SECRET_KEY,
     S3OrchProcess,
-    local_config,
 )
-from tests.integration.helpers import boto_client
+from tests.integration.helpers import boto_client, run_tool, succeeded, write_tree
 
 MiB = 1024 * 1024
 
@@ -30,16 +28,6 @@ TREE = {
     "sub/deep/c.bin": 2 * CHUNK + 3,
     "z.bin": 100_000,
 }
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3OrchProcess]:
-    """One s3orch on local backends and SQLite for the whole module."""
-    workdir = tmp_path_factory.mktemp("clients-rclone")
-    process = S3OrchProcess(workdir, local_config(workdir))
-    process.start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -69,29 +57,14 @@ def rclone_env(tmp_path_factory: pytest.TempPathFactory, server: S3OrchProcess) 
 
 
 def rclone(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    return run_tool(
         ["rclone", "--retries", "1", "--low-level-retries", "1", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        env,
     )
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, f"{done.args}\nstdout: {done.stdout}\nstderr: {done.stderr}"
-    return done.stderr
-
-
-def write_tree(root: Path, sizes: dict[str, int]) -> dict[str, bytes]:
-    contents = {}
-    for name, size in sizes.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        contents[name] = os.urandom(size)
-        path.write_bytes(contents[name])
-    return contents
+    return succeeded(done).stderr
 
 
 def logged(log: str, what: str) -> set[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,25 +13,14 @@ from s3orch.testing.s3orch_process import (
     DEMO_ACCESS_KEY,
     DEMO_SECRET_KEY,
     S3OrchProcess,
-    local_config,
 )
-from tests.integration.helpers import boto_client
+from tests.integration.helpers import boto_client, run_tool, succeeded, write_tree
 
 MiB = 1024 * 1024
 
 # s3cmd's smallest part size; files above it are sent as multipart uploads.
 CHUNK_MB = 5
 TREE = {"a.txt": 11, "empty": 0, "sub/b.bin": 4096, "sub/deep/c.bin": 11 * MiB}
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3OrchProcess]:
-    """One s3orch on local backends and SQLite for the whole module."""
-    workdir = tmp_path_factory.mktemp("clients-s3cmd")
-    process = S3OrchProcess(workdir, local_config(workdir))
-    process.start()
-    yield process
-    process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -58,33 +46,18 @@ def s3cmd(home: Path, server: S3OrchProcess, *args: str) -> subprocess.Completed
     host = f"127.0.0.1:{server.port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "S3CMD"))}
     env["HOME"] = str(home)
-    return subprocess.run(
+    return run_tool(
         [
             *("s3cmd", "-c", str(home / "s3cfg"), "--no-ssl", "--region=us-east-1"),
             *(f"--host={host}", f"--host-bucket={host}", "--no-progress"),
             *args,
         ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
+        env,
     )
 
 
 def ok(done: subprocess.CompletedProcess[str]) -> str:
-    assert done.returncode == 0, f"{done.args}\nstdout: {done.stdout}\nstderr: {done.stderr}"
-    return done.stdout
-
-
-def write_tree(root: Path, sizes: dict[str, int]) -> dict[str, bytes]:
-    contents = {}
-    for name, size in sizes.items():
-        path = root / name
-        path.parent.mkdir(parents=True, exist_ok=True)
-        contents[name] = os.urandom(size)
-        path.write_bytes(contents[name])
-    return contents
+    return succeeded(done).stdout
 
 
 def transfers(output: str, verb: str) -> set[str]:
