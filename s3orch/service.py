@@ -34,6 +34,9 @@ log = Logger()
 CLEANUP_INTERVAL = 60.0
 USAGE_INTERVAL = 15.0
 STALE_UPLOAD_INTERVAL = 600.0
+# A client connection that sends nothing for this long between requests is closed
+# (Twisted pauses the timer while a request is being answered).
+IDLE_CONNECTION_TIMEOUT = 300.0
 # An upload still unfinished after this long belonged to a process that died.
 UPLOAD_TIMEOUT = 6 * 3600.0
 # aws-chunked framing adds a little to the raw body; allow for it before refusing.
@@ -84,6 +87,7 @@ class S3OrchService(MultiService):
             max_body,
             s3.start_upload,
             partial(deferToThreadPool, reactor, self.hash_pool),
+            timeout=IDLE_CONNECTION_TIMEOUT,
         )
         strports.service(config.server.listen_endpoint, site, reactor=reactor).setServiceParent(
             self
