@@ -204,7 +204,24 @@ def _describe_bucket(bucket: BucketConfig) -> str:
     return f"{count} credential{'' if count == 1 else 's'}: {'; '.join(parts)}"
 
 
-_SUBCOMMANDS: tuple[Callable[[_SubParsers], None], ...] = (_add_validate,)
+def _add_keygen(subparsers: _SubParsers) -> None:
+    parser = subparsers.add_parser(
+        "keygen",
+        help="print a new master key",
+        description="Print a new random 256-bit master key as base64, the form encryption."
+        "master_key and previous_keys take (the same as `openssl rand -base64 32`).",
+    )
+    parser.set_defaults(run=_keygen)
+
+
+def _keygen(args: argparse.Namespace, streams: Streams) -> int:
+    from s3orch.crypto.keys import generate_key
+
+    print(generate_key(), file=streams.out)
+    return 0
+
+
+_SUBCOMMANDS: tuple[Callable[[_SubParsers], None], ...] = (_add_validate, _add_keygen)
 
 
 if __name__ == "__main__":
