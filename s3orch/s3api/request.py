@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import IO, Any
+from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
@@ -131,24 +131,3 @@ class S3Site(Site):
 
     def log(self, request: http.Request) -> None:
         """Each request is logged once, with its request id, by the resource."""
-
-
-def content_file(request: http.Request) -> IO[bytes]:
-    """The spooled body, typed (Twisted declares it optional until the body starts)."""
-    assert request.content is not None
-    content: IO[bytes] = request.content
-    return content
-
-
-def set_metadata_header(request: Request, name: str, value: str) -> None:
-    """Set ``x-amz-meta-<name>`` with the name in lowercase, as AWS sends it.
-
-    Twisted title-cases header names on output, but clients take user
-    metadata names from the header name verbatim, so the stored lowercase
-    name must reach the wire unchanged.
-    """
-    header = b"x-amz-meta-" + name.encode("latin-1")
-    request.setHeader(header, value.encode("latin-1", "replace"))  # validates name and value
-    raw = request.responseHeaders._rawHeaders  # no public way to keep a name's case
-    for stored in [k for k in raw if k.lower() == header]:
-        raw[header] = raw.pop(stored)
