@@ -131,3 +131,17 @@ class S3Site(Site):
 
     def log(self, request: http.Request) -> None:
         """Each request is logged once, with its request id, by the resource."""
+
+
+def set_metadata_header(request: Request, name: str, value: str) -> None:
+    """Set ``x-amz-meta-<name>`` with the name in lowercase, as AWS sends it.
+
+    Twisted title-cases header names on output, but clients take user
+    metadata names from the header name verbatim, so the stored lowercase
+    name must reach the wire unchanged.
+    """
+    header = b"x-amz-meta-" + name.encode("latin-1")
+    request.setHeader(header, value.encode("latin-1", "replace"))  # validates name and value
+    raw = request.responseHeaders._rawHeaders  # no public way to keep a name's case
+    for stored in [k for k in raw if k.lower() == header]:
+        raw[header] = raw.pop(stored)
