@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from twisted.internet.defer import Deferred
-
 MiB = 1024 * 1024
 
 # Keys that break naive mappings: S3-encoding specials, dot segments, empty
@@ -64,31 +62,3 @@ class SourceFailed(Exception):
 async def failing_after(data: bytes, at: int) -> AsyncIterator[bytes]:
     yield data[:at]
     raise SourceFailed()
-
-
-class ScriptedSource:
-    """A body source whose every chunk the test hands over explicitly."""
-
-    def __init__(self) -> None:
-        self.pending: Deferred[bytes] | None = None
-        self.closed = False
-
-    def __aiter__(self) -> ScriptedSource:
-        return self
-
-    async def __anext__(self) -> bytes:
-        self.pending = Deferred()
-        return await self.pending
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-    def give(self, data: bytes) -> None:
-        pending, self.pending = self.pending, None
-        assert pending is not None, "nobody is pulling"
-        pending.callback(data)
-
-    def end(self) -> None:
-        pending, self.pending = self.pending, None
-        assert pending is not None, "nobody is pulling"
-        pending.errback(StopAsyncIteration())

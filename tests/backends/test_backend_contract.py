@@ -17,10 +17,10 @@ from s3orch.backends.interface import (
     BackendUploadNotFound,
     IBackend,
 )
+from s3orch.testing.sources import ScriptedSource
 from tests.backends.sources import (
     EDGE_KEYS,
     MiB,
-    ScriptedSource,
     SourceFailed,
     chunks_of,
     failing_after,

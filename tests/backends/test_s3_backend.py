@@ -34,8 +34,9 @@ from s3orch.httputil import LARGE_READ
 from s3orch.sigv4 import SignedRequest, authenticate
 from s3orch.streams import PushStream
 from s3orch.testing.moto_server import MotoServer, start_moto_server
+from s3orch.testing.sources import ScriptedSource
 from tests.backends.conftest import new_s3_backend
-from tests.backends.sources import EDGE_KEYS, MiB, ScriptedSource, chunks_of, generated
+from tests.backends.sources import EDGE_KEYS, MiB, chunks_of, generated
 
 ACCESS_KEY = "AKIDEXAMPLE"
 SECRET_KEY = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"

@@ -24,6 +24,7 @@ from s3orch.streams import (
     body_producer,
     file_chunks,
 )
+from s3orch.testing.sources import ScriptedSource
 
 T = TypeVar("T")
 
@@ -266,36 +267,6 @@ async def chunks(*parts: bytes, error: BaseException | None = None) -> AsyncIter
         yield part
     if error is not None:
         raise error
-
-
-class ScriptedSource:
-    """A source whose every chunk the test hands over explicitly."""
-
-    def __init__(self) -> None:
-        self.pulls = 0
-        self.pending: Deferred[bytes] | None = None
-        self.closed = False
-
-    def __aiter__(self) -> ScriptedSource:
-        return self
-
-    async def __anext__(self) -> bytes:
-        self.pulls += 1
-        self.pending = Deferred()
-        return await self.pending
-
-    async def aclose(self) -> None:
-        self.closed = True
-
-    def give(self, data: bytes) -> None:
-        pending, self.pending = self.pending, None
-        assert pending is not None, "nobody is pulling"
-        pending.callback(data)
-
-    def end(self) -> None:
-        pending, self.pending = self.pending, None
-        assert pending is not None, "nobody is pulling"
-        pending.errback(StopAsyncIteration())
 
 
 def produce(source: AsyncIterator[bytes], length: int, consumer: FakeConsumer) -> Deferred[None]:
