@@ -54,9 +54,56 @@ quota_bytes_pending = Gauge(
 objects_count = Gauge(
     "s3o_objects_count", "Stored copies per backend.", ["backend"], registry=REGISTRY
 )
+encryption_operations_total = Counter(
+    "s3o_encryption_operations_total",
+    "Envelope encryption operations: encrypt and decrypt (objects, parts), wrap and unwrap (DEKs).",
+    ["op"],
+    registry=REGISTRY,
+)
+encryption_errors_total = Counter(
+    "s3o_encryption_errors_total",
+    "Failed encryption operations, by operation and kind of error.",
+    ["op", "error_type"],
+    registry=REGISTRY,
+)
+encryption_unknown_key_id_total = Counter(
+    "s3o_encryption_unknown_key_id_total",
+    "Data keys met whose master key is not configured (0 after a complete rotation).",
+    registry=REGISTRY,
+)
+encryption_deks = Gauge(
+    "s3o_encryption_deks",
+    "Data keys (objects and multipart uploads) wrapped by each master key.",
+    ["key_id"],
+    registry=REGISTRY,
+)
 cleanup_deletions_total = Counter(
     "s3o_cleanup_deletions_total",
     "Deletions of displaced or abandoned copies, by outcome.",
     ["status"],
+    registry=REGISTRY,
+)
+jobs_running = Gauge(
+    "s3o_jobs_running",
+    "Background jobs this process is running now, by kind.",
+    ["kind"],
+    registry=REGISTRY,
+)
+job_items_total = Counter(
+    "s3o_job_items_total",
+    "Items background jobs went through, by kind and outcome (success, error).",
+    ["kind", "status"],
+    registry=REGISTRY,
+)
+jobs_finished_total = Counter(
+    "s3o_jobs_finished_total",
+    "Background jobs this process ended, by kind and final status.",
+    ["kind", "status"],
+    registry=REGISTRY,
+)
+job_batch_errors_total = Counter(
+    "s3o_job_batch_errors_total",
+    "Job batches that raised (each is retried, then fails the job), by kind.",
+    ["kind"],
     registry=REGISTRY,
 )

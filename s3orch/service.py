@@ -12,15 +12,18 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
+from s3orch import metrics
 from s3orch.backends.interface import IBackend
 from s3orch.backends.local import LocalBackend
 from s3orch.backends.metered import MeteredBackend
 from s3orch.backends.s3 import S3Backend, make_http_client
-from s3orch.config import BackendConfig, Config
+from s3orch.config import BackendConfig, Config, EncryptionConfig
+from s3orch.crypto.keys import LocalKeys, create_key_file
 from s3orch.loops import PeriodicService
 from s3orch.metrics import REGISTRY
 from s3orch.objects.multipart import MultipartUploads
 from s3orch.objects.orchestrator import Orchestrator
+from s3orch.objects.sealing import Encryption
 from s3orch.ops import HealthResource, MetricsResource, Root
 from s3orch.s3api.auth import Credentials
 from s3orch.s3api.request import S3Site
@@ -59,7 +62,10 @@ class S3OrchService(MultiService):
         backends: dict[str, IBackend] = {
             b.name: MeteredBackend(self._backend(b), reactor) for b in config.backends
         }
-        self.orchestrator = Orchestrator(self.store, backends, config.routing_strategy, reactor)
+        self.encryption = _encryption(config.encryption)
+        self.orchestrator = Orchestrator(
+            self.store, backends, config.routing_strategy, reactor, self.encryption
+        )
         upload_limits = {b.name: b.max_multipart_uploads for b in config.buckets}
         self.multipart = MultipartUploads(
             self.orchestrator, MultipartStore(self.db), lambda bucket: upload_limits.get(bucket, 0)
@@ -123,6 +129,7 @@ class S3OrchService(MultiService):
             # One process owns a SQLite file: any upload still marked in flight died with us.
             await self.store.expire_uploads(self.reactor.seconds() + 1)
         await self.orchestrator.usage()
+        await self._check_keys()
         self.context.ready = True
         log.info("s3orch ready: schema version {version}", version=version)
         for loop in (
@@ -144,6 +151,31 @@ class S3OrchService(MultiService):
     async def _refresh_gauges(self) -> None:
         if self.context.ready:
             await self.orchestrator.usage()
+            await self._count_deks()
+
+    async def _count_deks(self) -> dict[str, int]:
+        """Publish how many data keys each master key wraps; return those no key unwraps."""
+        keys = self.encryption.keys
+        configured = keys.key_ids() if keys is not None else {}
+        counts = await self.store.dek_counts()
+        metrics.encryption_deks.clear()
+        missing: dict[str, int] = {}
+        for (key_id, fingerprint), count in sorted(counts.items()):
+            name = configured.get(fingerprint, key_id)
+            metrics.encryption_deks.labels(name).inc(count)
+            # SENC v1 DEKs are named by position; the local keys open them by trial.
+            if fingerprint not in configured and not fingerprint.startswith("senc1:"):
+                missing[key_id] = missing.get(key_id, 0) + count
+        return missing
+
+    async def _check_keys(self) -> None:
+        for key_id, count in (await self._count_deks()).items():
+            log.critical(
+                "{count} data keys are wrapped by master key {key_id}, which is not configured:"
+                " those objects cannot be read until the key is added back (as a previous key)",
+                count=count,
+                key_id=key_id,
+            )
 
     async def _abort_stale(self) -> None:
         await self.multipart.abort_stale(self.config.server.multipart_max_age)
@@ -170,6 +202,24 @@ class S3OrchService(MultiService):
         self.db.close()
         self.hash_pool.stop()
         self.file_pool.stop()
+
+
+def _encryption(config: EncryptionConfig) -> Encryption:
+    """The master keys the configuration names; creates the default key file if asked to."""
+    keys = None
+    generate = config.master_key_file and config.generate_key_file
+    if generate and create_key_file(config.master_key_file):
+        log.critical(
+            "Created a new master key in {path} (mode 0600). Every encrypted object needs"
+            " it: back it up now, somewhere safe and apart from this machine (for example"
+            " `base64 {path}` into a password manager). Without it the data is lost.",
+            path=config.master_key_file,
+        )
+    if config.master_key is not None or config.master_key_file:
+        keys = LocalKeys.from_config(config)
+    elif config.vault is not None:
+        raise ValueError("encryption.vault: Vault Transit is not supported by this build yet")
+    return Encryption(keys, config.enabled, config.chunk_size)
 
 
 def _database(config: Config) -> Database:

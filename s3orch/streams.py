@@ -45,6 +45,29 @@ class ByteSource(Protocol):
     async def aclose(self) -> None: ...
 
 
+async def primed(source: AsyncIterator[bytes]) -> ByteSource:
+    """``source``, with its first block already pulled: whatever fails before the first
+    byte raises here, while the caller can still answer with an error."""
+    try:
+        first = await source.__anext__()
+    except StopAsyncIteration:
+        first = b""
+    except BaseException:
+        await close_source(source)
+        raise
+
+    async def body() -> AsyncIterator[bytes]:
+        try:
+            if first:
+                yield first
+            async for block in source:
+                yield block
+        finally:
+            await close_source(source)
+
+    return body()  # type: ignore[return-value]
+
+
 class LengthMismatch(ValueError):
     """A stream carried a different number of bytes than it was declared to."""
 

@@ -244,6 +244,28 @@ def read_key_file(path: str) -> bytes:
     return data
 
 
+def create_key_file(path: str) -> bool:
+    """Create ``path`` holding a new random key, mode 0600, unless it exists already.
+
+    Returns whether it was created. Never overwrites: losing a key file loses the data.
+    """
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o600
+        )
+    except FileExistsError:
+        return False
+    try:
+        os.write(fd, secrets.token_bytes(KEY_SIZE))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return True
+
+
 def _os_problem(e: OSError) -> str:
     if e.errno == errno.ENOENT:
         return "does not exist"

@@ -25,3 +25,12 @@ class IncompleteBody(ObjectError):
 
 class Unavailable(ObjectError):
     """No copy of the object could be read from any backend."""
+
+
+class Undecryptable(ObjectError):
+    """An encrypted object cannot be read: its key is not configured, or its bytes or its
+    key material are not what was sealed. Never answered with guessed or partial bytes."""
+
+
+class KeyServiceUnavailable(ObjectError):
+    """The master key that unwraps the object's data key cannot be reached right now."""

@@ -15,14 +15,14 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 
-from attrs import define
+from attrs import define, evolve
 from twisted.logger import Logger
 
 from s3orch.objects import routing
 from s3orch.objects.errors import InsufficientStorage, ObjectError
 from s3orch.objects.orchestrator import Digest, Orchestrator
 from s3orch.store.multipart import MultipartStore, UploadNotFound
-from s3orch.store.records import NoSpace, ObjectVersion, Part, StoredCopy, Upload
+from s3orch.store.records import NoSpace, ObjectVersion, Part, Segment, StoredCopy, Upload
 
 log = Logger()
 
@@ -71,6 +71,8 @@ class MultipartUploads:
         if not chosen:
             raise InsufficientStorage("no backend has room for a new upload")
         backend = chosen[0]
+        encryption = self.objects.encryption
+        sealing = await encryption.upload_sealing() if encryption.seals else None
         storage_key = self.objects.storage_key()
         handle = await self.objects.backends[backend].create_multipart(storage_key)
         upload = Upload(
@@ -84,6 +86,7 @@ class MultipartUploads:
             created_at=self._now(),
             metadata=dict(metadata),
             headers=dict(headers),
+            sealing=sealing,
         )
         try:
             limit = self.max_uploads_per_bucket(bucket)
@@ -111,28 +114,34 @@ class MultipartUploads:
         content_md5: bytes | None = None,
         body_md5: Callable[[], bytes | None] | None = None,
     ) -> Part:
-        """Store one part; its bytes count against the quota before the first is sent."""
+        """Store one part; its bytes count against the quota before the first is sent.
+
+        In an encrypted upload the part is sealed on its way, as a stream of its own.
+        """
         upload = await self.find(bucket, key, upload_id)
         digest = Digest(size, content_md5, body_md5)
+        sealed = None
+        if upload.sealing is not None:
+            sealed = await self.objects.encryption.seal_part(upload.sealing, part_number, size)
+        stored = sealed.stored_size if sealed is not None else size
         try:
-            await self.store.reserve_part(upload_id, size, self._now())
+            await self.store.reserve_part(upload_id, stored, self._now())
         except NoSpace:
-            raise InsufficientStorage(f"no room for a {size}-byte part") from None
+            raise InsufficientStorage(f"no room for a {stored}-byte part") from None
         except UploadNotFound:
             raise NoSuchUpload(upload_id) from None
         backend = self.objects.backends[upload.backend]
+        stream = digest.pass_through(body)
+        if sealed is not None:
+            stream = sealed.stream(stream)
         try:
             backend_etag = await backend.upload_part(
-                upload.storage_key,
-                upload.backend_upload_id,
-                part_number,
-                digest.pass_through(body),
-                size,
+                upload.storage_key, upload.backend_upload_id, part_number, stream, stored
             )
         except BaseException:
-            await self._release(upload_id, size)
+            await self._release(upload_id, stored)
             raise
-        part = Part(part_number, digest.etag, size, self._now(), backend_etag)
+        part = Part(part_number, digest.etag, size, self._now(), backend_etag, stored)
         try:
             await self.store.record_part(upload_id, part, self._now())
         except UploadNotFound:
@@ -158,6 +167,11 @@ class MultipartUploads:
             b"".join(bytes.fromhex(p.etag) for p in chosen), usedforsecurity=False
         )
         size = sum(p.size for p in chosen)
+        stored = sum(p.stored_size for p in chosen)
+        sealing = None
+        if upload.sealing is not None:
+            segments = tuple(Segment(p.part_number, p.size, p.stored_size) for p in chosen)
+            sealing = evolve(upload.sealing, segments=segments)
         await self.objects.backends[upload.backend].complete_multipart(
             upload.storage_key,
             upload.backend_upload_id,
@@ -173,7 +187,8 @@ class MultipartUploads:
             created_at=self._now(),
             metadata=dict(upload.metadata),
             headers=dict(upload.headers),
-            copies=(StoredCopy(upload.backend, upload.storage_key, size),),
+            copies=(StoredCopy(upload.backend, upload.storage_key, stored),),
+            sealing=sealing,
         )
         try:
             displaced = await self.store.complete_upload(upload_id, version, self._now())

@@ -27,6 +27,7 @@ from s3orch.objects.errors import (
     Unavailable,
 )
 from s3orch.objects.listing import ListPage, list_page
+from s3orch.objects.sealing import Encryption
 from s3orch.store.objects import MetadataStore
 from s3orch.store.records import (
     BackendUsage,
@@ -36,6 +37,7 @@ from s3orch.store.records import (
     Precondition,
     StoredCopy,
 )
+from s3orch.streams import ByteSource, primed
 
 log = Logger()
 
@@ -51,6 +53,7 @@ class Orchestrator:
     backends: Mapping[str, IBackend]  # in configured order
     strategy: str
     clock: IReactorTime
+    encryption: Encryption = field(factory=Encryption)
     storage_key: Callable[[], str] = field(default=new_storage_key)
 
     async def usage(self) -> list[BackendUsage]:
@@ -104,9 +107,14 @@ class Orchestrator:
         digest = Digest(size, content_md5, body_md5)
         if precondition is not None:
             await self._check(bucket, key, precondition)
-        copy = await self.reserve(size)
+        sealed = await self.encryption.seal_object(size) if self.encryption.seals else None
+        stored = sealed.stored_size if sealed is not None else size
+        copy = await self.reserve(stored)
         try:
-            await self.backends[copy.backend].put(copy.storage_key, digest.pass_through(body), size)
+            stream = digest.pass_through(body)
+            if sealed is not None:
+                stream = sealed.stream(stream)
+            await self.backends[copy.backend].put(copy.storage_key, stream, stored)
             version = ObjectVersion(
                 bucket=bucket,
                 key=key,
@@ -118,6 +126,7 @@ class Orchestrator:
                 metadata=dict(metadata),
                 headers={**headers, **(body_headers() if body_headers else {})},
                 copies=(copy,),
+                sealing=sealed.sealing if sealed is not None else None,
             )
             displaced = await self.store.commit(version, self.clock.seconds(), precondition)
         except BaseException:
@@ -140,7 +149,24 @@ class Orchestrator:
     async def open(
         self, version: ObjectVersion, start: int = 0, end: int | None = None
     ) -> BackendRead:
-        """Open bytes ``start..end`` (inclusive) of ``version`` from the first copy that answers."""
+        """Open bytes ``start..end`` (inclusive) of ``version`` as the client sees them.
+
+        A sealed version is decrypted on the way; its first block is read and
+        authenticated before this returns, so damage found there is an error
+        the caller can still answer with.
+        """
+        if version.sealing is None:
+            return await self._read(version, start, end)
+        end = version.size - 1 if end is None else end
+
+        async def fetch(first: int, last: int) -> ByteSource:
+            return (await self._read(version, first, last)).body
+
+        body = await primed(self.encryption.open(version, fetch, start, end))
+        return BackendRead(start, end - start + 1, version.size, body)
+
+    async def _read(self, version: ObjectVersion, start: int, end: int | None) -> BackendRead:
+        """Stored bytes ``start..end`` of ``version`` from the first copy that answers."""
         failures: list[str] = []
         for copy in version.copies:
             try:

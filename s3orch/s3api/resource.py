@@ -227,6 +227,10 @@ _CORE_ERRORS: dict[type[Exception], Callable[[Exception], S3Error]] = {
     core.Unavailable: lambda e: S3Error(
         "ServiceUnavailable", "No copy of the object could be read; try again later."
     ),
+    core.Undecryptable: lambda e: S3Error("InternalError", f"The object cannot be decrypted: {e}"),
+    core.KeyServiceUnavailable: lambda e: S3Error(
+        "ServiceUnavailable", f"The encryption key service is unavailable: {e}"
+    ),
     multipart.NoSuchUpload: lambda e: S3Error(
         "NoSuchUpload",
         "The specified upload does not exist. The upload ID may be invalid, or the upload may"

@@ -19,12 +19,14 @@ and the pending and backend rows, the same order everywhere.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from typing import Any
 
-from attrs import define
+from attrs import define, evolve
 
+from s3orch.crypto.keys import WrappedKey
 from s3orch.store.db import Cursor, Database
 from s3orch.store.objects import (
     _DELETION_COLUMNS,
@@ -39,7 +41,15 @@ from s3orch.store.objects import (
     commit_version,
     prefix_successor,
 )
-from s3orch.store.records import ObjectVersion, Part, PendingDeletion, TooManyUploads, Upload
+from s3orch.store.records import (
+    SENC2_PARTS,
+    ObjectVersion,
+    Part,
+    PendingDeletion,
+    Sealing,
+    TooManyUploads,
+    Upload,
+)
 
 
 class UploadNotFound(KeyError):
@@ -54,10 +64,19 @@ def _bucket_lock_id(bucket: str) -> int:
 
 _UPLOAD_COLUMNS = (
     "upload_id, bucket, key, backend, storage_key, backend_upload_id, content_type,"
-    " metadata, headers, created_at"
+    " metadata, headers, created_at, enc_key_id, enc_fingerprint, enc_wrapped, enc_chunk_size"
 )
 
-_PART_COLUMNS = "part_number, etag, size, created_at, backend_etag"
+_PART_COLUMNS = "part_number, etag, size, created_at, backend_etag, stored_size"
+
+
+def _upload_sealing(upload: Upload) -> tuple[object, ...]:
+    sealing = upload.sealing
+    if sealing is None:
+        return (None,) * 4
+    wrapped = sealing.wrapped
+    blob = base64.b64encode(wrapped.blob).decode("ascii")
+    return (wrapped.key_id, wrapped.fingerprint, blob, sealing.chunk_size)
 
 
 def _upload(row: tuple[Any, ...]) -> Upload:
@@ -72,7 +91,13 @@ def _upload(row: tuple[Any, ...]) -> Upload:
         metadata,
         headers,
         created_at,
+        *encryption,
     ) = row
+    key_id, fingerprint, blob, chunk_size = encryption
+    sealing = None
+    if key_id is not None:
+        wrapped = WrappedKey(key_id, fingerprint, base64.b64decode(blob))
+        sealing = Sealing(SENC2_PARTS, wrapped, int(chunk_size))
     return Upload(
         upload_id=upload_id,
         bucket=bucket,
@@ -84,12 +109,14 @@ def _upload(row: tuple[Any, ...]) -> Upload:
         created_at=_seconds(int(created_at)),
         metadata=json.loads(metadata),
         headers=json.loads(headers),
+        sealing=sealing,
     )
 
 
 def _part(row: tuple[Any, ...]) -> Part:
-    part_number, etag, size, created_at, backend_etag = row
-    return Part(int(part_number), etag, int(size), _seconds(int(created_at)), backend_etag)
+    part_number, etag, size, created_at, backend_etag, stored_size = row
+    stored = int(size) if stored_size is None else int(stored_size)
+    return Part(int(part_number), etag, int(size), _seconds(int(created_at)), backend_etag, stored)
 
 
 def _lock_upload(cur: Cursor, upload_id: str) -> Upload | None:
@@ -153,7 +180,7 @@ class MultipartStore:
                 raise UnknownBackend(upload.backend)
             cur.execute(
                 f"INSERT INTO multipart_uploads ({_UPLOAD_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     upload.upload_id,
                     upload.bucket,
@@ -165,6 +192,7 @@ class MultipartStore:
                     _json(upload.metadata),
                     _json(upload.headers),
                     _micros(upload.created_at),
+                    *_upload_sealing(upload),
                 ),
             )
             cur.execute(
@@ -225,7 +253,7 @@ class MultipartStore:
         await self._db.run("release_part", txn)
 
     async def record_part(self, upload_id: str, part: Part, now: float) -> None:
-        """Record a stored part, whose ``part.size`` bytes ``reserve_part`` counted.
+        """Record a stored part, whose ``part.stored_size`` bytes ``reserve_part`` counted.
 
         A part with the same number is replaced on the backend too, so its
         bytes are given back. Raises ``UploadNotFound`` if the upload is gone.
@@ -237,16 +265,17 @@ class MultipartStore:
             if upload is None:
                 raise UploadNotFound(upload_id)
             cur.execute(
-                "SELECT size FROM multipart_parts WHERE upload_id = ? AND part_number = ?",
+                "SELECT COALESCE(stored_size, size) FROM multipart_parts"
+                " WHERE upload_id = ? AND part_number = ?",
                 (upload_id, part.part_number),
             )
             old = cur.fetchone()
             cur.execute(
                 f"INSERT INTO multipart_parts (upload_id, {_PART_COLUMNS})"
-                " VALUES (?, ?, ?, ?, ?, ?)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT (upload_id, part_number) DO UPDATE SET etag = excluded.etag,"
                 " size = excluded.size, created_at = excluded.created_at,"
-                " backend_etag = excluded.backend_etag",
+                " backend_etag = excluded.backend_etag, stored_size = excluded.stored_size",
                 (
                     upload_id,
                     part.part_number,
@@ -254,6 +283,7 @@ class MultipartStore:
                     part.size,
                     _micros(part.created_at),
                     part.backend_etag,
+                    part.stored_size,
                 ),
             )
             if old is not None and int(old[0]) > 0:
@@ -359,7 +389,12 @@ class MultipartStore:
                 )
             cur.execute("DELETE FROM multipart_parts WHERE upload_id = ?", (upload_id,))
             cur.execute("DELETE FROM multipart_uploads WHERE upload_id = ?", (upload_id,))
-            return commit_version(cur, version, at)
+            committed = version
+            if version.sealing is not None and upload.sealing is not None:
+                # The DEK as the database holds it now: a rotation may have re-wrapped it.
+                sealing = evolve(version.sealing, wrapped=upload.sealing.wrapped)
+                committed = evolve(version, sealing=sealing)
+            return commit_version(cur, committed, at)
 
         return await self._db.run("complete_upload", txn)
 

@@ -14,6 +14,7 @@ transactions never wait on each other's counters in a cycle.
 
 from __future__ import annotations
 
+import base64
 import builtins
 import hashlib
 import json
@@ -22,6 +23,7 @@ from typing import Any
 
 from attrs import define
 
+from s3orch.crypto.keys import WrappedKey
 from s3orch.store.db import Cursor, Database
 from s3orch.store.records import (
     BackendUsage,
@@ -29,6 +31,8 @@ from s3orch.store.records import (
     ObjectVersion,
     PendingDeletion,
     Precondition,
+    Sealing,
+    Segment,
     StoredCopy,
 )
 
@@ -183,8 +187,9 @@ def commit_version(
         delta.growth += copy.stored_size - int(reserved)
     displaced = _remove_version(cur, version.bucket, version.key, at, deltas)
     cur.execute(
-        "INSERT INTO objects (bucket, key, version_id, size, etag, content_type,"
-        " metadata, headers, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        f"INSERT INTO objects (bucket, key, version_id, size, etag, content_type,"
+        f" metadata, headers, created_at, {_SEALING_NAMES})"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         (
             version.bucket,
             version.key,
@@ -195,6 +200,7 @@ def commit_version(
             _json(version.metadata),
             _json(version.headers),
             _micros(version.created_at),
+            *sealing_values(version.sealing),
         ),
     )
     cur.executemany(
@@ -220,8 +226,58 @@ _OBJECT_COLUMNS = (
     " o.created_at"
 )
 
+# How an encrypted version is sealed; all NULL for a plaintext one.
+_SEALING_NAMES = (
+    "enc_scheme, enc_key_id, enc_fingerprint, enc_wrapped, enc_chunk_size, enc_header, enc_segments"
+)
+_SEALING_COLUMNS = ", ".join("o." + name.strip() for name in _SEALING_NAMES.split(","))
 
-def _version(row: tuple[Any, ...], copies: tuple[StoredCopy, ...] = ()) -> ObjectVersion:
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def sealing_values(sealing: Sealing | None) -> tuple[object, ...]:
+    """The seven ``enc_*`` column values for ``sealing`` (shared with multipart uploads)."""
+    if sealing is None:
+        return (None,) * 7
+    wrapped = sealing.wrapped
+    segments = None
+    if sealing.segments:
+        segments = json.dumps(
+            [[s.part_number, s.plain_size, s.stored_size] for s in sealing.segments],
+            separators=(",", ":"),
+        )
+    return (
+        sealing.scheme,
+        wrapped.key_id,
+        wrapped.fingerprint,
+        _b64(wrapped.blob),
+        sealing.chunk_size,
+        _b64(sealing.header),
+        segments,
+    )
+
+
+def sealing_from(row: tuple[Any, ...]) -> Sealing | None:
+    """The Sealing in seven ``enc_*`` column values, None for a plaintext version."""
+    scheme, key_id, fingerprint, wrapped, chunk_size, header, segments = row
+    if scheme is None:
+        return None
+    return Sealing(
+        scheme=scheme,
+        wrapped=WrappedKey(key_id, fingerprint, base64.b64decode(wrapped)),
+        chunk_size=int(chunk_size or 0),
+        header=base64.b64decode(header or ""),
+        segments=tuple(Segment(int(n), int(p), int(s)) for n, p, s in json.loads(segments))
+        if segments
+        else (),
+    )
+
+
+def _version(
+    row: tuple[Any, ...], copies: tuple[StoredCopy, ...] = (), sealing: Sealing | None = None
+) -> ObjectVersion:
     bucket, key, version_id, size, etag, content_type, metadata, headers, created_at = row[:9]
     return ObjectVersion(
         bucket=bucket,
@@ -234,6 +290,7 @@ def _version(row: tuple[Any, ...], copies: tuple[StoredCopy, ...] = ()) -> Objec
         metadata=json.loads(metadata),
         headers=json.loads(headers),
         copies=copies,
+        sealing=sealing,
     )
 
 
@@ -439,7 +496,8 @@ class MetadataStore:
         def txn(cur: Cursor) -> ObjectVersion | None:
             # One statement, so PostgreSQL reads the version and its copies from one snapshot.
             cur.execute(
-                f"SELECT {_OBJECT_COLUMNS}, c.backend, c.storage_key, c.stored_size"
+                f"SELECT {_OBJECT_COLUMNS}, {_SEALING_COLUMNS},"
+                " c.backend, c.storage_key, c.stored_size"
                 " FROM objects o LEFT JOIN copies c ON c.version_id = o.version_id"
                 " WHERE o.bucket = ? AND o.key = ? ORDER BY c.backend",
                 (bucket, key),
@@ -448,9 +506,9 @@ class MetadataStore:
             if not rows:
                 return None
             copies = tuple(
-                StoredCopy(row[9], row[10], int(row[11])) for row in rows if row[9] is not None
+                StoredCopy(row[16], row[17], int(row[18])) for row in rows if row[16] is not None
             )
-            return _version(rows[0], copies)
+            return _version(rows[0], copies, sealing_from(rows[0][9:16]))
 
         return await self._db.run("get", txn, readonly=True)
 
@@ -469,6 +527,24 @@ class MetadataStore:
             return displaced
 
         return await self._db.run("delete", txn)
+
+    async def dek_counts(self) -> dict[tuple[str, str], int]:
+        """How many data keys (versions and multipart uploads) each master key wraps,
+        by (key id recorded when wrapped, fingerprint)."""
+
+        def txn(cur: Cursor) -> dict[tuple[str, str], int]:
+            counts: dict[tuple[str, str], int] = {}
+            for table in ("objects", "multipart_uploads"):
+                cur.execute(
+                    f"SELECT enc_key_id, enc_fingerprint, COUNT(*) FROM {table}"
+                    " WHERE enc_fingerprint IS NOT NULL GROUP BY enc_key_id, enc_fingerprint"
+                )
+                for key_id, fingerprint, count in cur.fetchall():
+                    name = (key_id, fingerprint)
+                    counts[name] = counts.get(name, 0) + int(count)
+            return counts
+
+        return await self._db.run("dek_counts", txn, readonly=True)
 
     async def check_counters(self) -> builtins.list[str]:
         """Describe every backend whose counters differ from the sums of its rows."""

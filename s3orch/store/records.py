@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from attrs import field, frozen
+from attrs import Factory, field, frozen
+
+from s3orch.crypto.keys import WrappedKey
+
+SENC2 = "senc2"
+"""One SENC v2 stream (docs/encryption-format.md); its header is kept in ``Sealing.header``."""
+SENC2_PARTS = "senc2-parts"
+"""Multipart: one SENC v2 stream per part, back to back, each with its own header."""
+SENC1 = "senc1"
+"""The Go system's format (read only); ``Sealing.header`` holds the base nonce."""
 
 
 @frozen
@@ -15,6 +24,30 @@ class StoredCopy:
 
 
 @frozen
+class Segment:
+    """One sealed part of a ``SENC2_PARTS`` version, in object order."""
+
+    part_number: int
+    plain_size: int
+    stored_size: int
+
+
+@frozen
+class Sealing:
+    """How an encrypted version (or upload) is sealed, and its DEK as the DB keeps it.
+
+    ``wrapped`` is the DEK's current wrapping: key rotation replaces it (and only it).
+    ``chunk_size`` is 0 where only the object's own header knows it (SENC v1).
+    """
+
+    scheme: str
+    wrapped: WrappedKey
+    chunk_size: int = 0
+    header: bytes = field(default=b"", repr=False)
+    segments: tuple[Segment, ...] = field(default=(), repr=lambda s: f"<{len(s)} segments>")
+
+
+@frozen
 class ObjectVersion:
     """The current version of a client-visible object and where its copies live.
 
@@ -22,7 +55,9 @@ class ObjectVersion:
     ``metadata`` holds the user's ``x-amz-meta-*`` pairs (names lowercased,
     without the prefix); ``headers`` holds the stored response headers
     (cache-control, content-disposition, content-encoding, content-language,
-    expires), names lowercased.
+    expires), names lowercased. ``size`` and ``etag`` are the client's view (the
+    plaintext); a copy's ``stored_size`` is what the backend holds. ``sealing`` is
+    None for a plaintext version.
     """
 
     bucket: str
@@ -35,6 +70,7 @@ class ObjectVersion:
     metadata: dict[str, str] = field(factory=dict)
     headers: dict[str, str] = field(factory=dict)
     copies: tuple[StoredCopy, ...] = ()
+    sealing: Sealing | None = None
 
 
 @frozen
@@ -123,17 +159,20 @@ class Upload:
     created_at: float
     metadata: dict[str, str] = field(factory=dict)
     headers: dict[str, str] = field(factory=dict)
+    sealing: Sealing | None = None
 
 
 @frozen
 class Part:
-    """One uploaded part; ``etag`` is the hex MD5 of its bytes as the client sent them."""
+    """One uploaded part; ``etag`` is the hex MD5 of its bytes as the client sent them,
+    ``size`` their length, ``stored_size`` what the backend holds (larger when sealed)."""
 
     part_number: int
     etag: str
     size: int
     created_at: float
     backend_etag: str = ""
+    stored_size: int = Factory(lambda self: self.size, takes_self=True)
 
 
 class TooManyUploads(Exception):

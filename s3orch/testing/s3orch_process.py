@@ -16,6 +16,8 @@ from typing import Any
 
 import yaml
 
+from s3orch.crypto.keys import generate_key
+
 DEMO_ACCESS_KEY = "AKIAS3ORCHTEST000001"
 DEMO_SECRET_KEY = "s3orch-test-secret"
 
@@ -124,10 +126,14 @@ class S3OrchProcess:
 
 
 def local_config(
-    workdir: Path, quotas: tuple[int, ...] = (0, 0), strategy: str = "pack"
+    workdir: Path,
+    quotas: tuple[int, ...] = (0, 0),
+    strategy: str = "pack",
+    encrypted: bool = False,
 ) -> dict[str, Any]:
-    """A config with local-directory backends and one bucket ``test`` (plus ``other``)."""
-    return {
+    """A config with local-directory backends and one bucket ``test`` (plus ``other``);
+    ``encrypted`` turns encryption on with a fresh master key."""
+    config = {
         "database": {"driver": "sqlite", "path": str(workdir / "meta.db")},
         "backends": [
             {
@@ -155,3 +161,6 @@ def local_config(
             },
         ],
     }
+    if encrypted:
+        config["encryption"] = {"enabled": True, "master_key": generate_key()}
+    return config

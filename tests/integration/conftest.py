@@ -60,17 +60,23 @@ def s3_backends_config(moto_server: Any, count: int = 2, quota: int = 0) -> list
 
 @pytest.fixture(
     scope="module",
-    params=["local-sqlite", "s3-sqlite", pytest.param("s3-postgres", marks=pytest.mark.postgres)],
+    params=[
+        "local-sqlite",
+        "local-sqlite-encrypted",
+        "s3-sqlite-encrypted",
+        pytest.param("s3-postgres", marks=pytest.mark.postgres),
+    ],
 )
 def s3orch(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[S3OrchProcess]:
-    """A running s3orch for the S3 API suite, once per backend kind and metadata database."""
+    """A running s3orch for the S3 API suite, once per backend kind, metadata database,
+    and with encryption off and on."""
     workdir = tmp_path_factory.mktemp(request.param)
-    config = local_config(workdir)
+    config = local_config(workdir, encrypted=request.param.endswith("encrypted"))
     if request.param.startswith("s3"):
         config["backends"] = s3_backends_config(request.getfixturevalue("moto_server"))
-    if request.param.endswith("postgres"):
+    if "postgres" in request.param:
         config["database"] = request.getfixturevalue("postgres_database")
     server = S3OrchProcess(workdir, config)
     server.start()
@@ -80,9 +86,10 @@ def s3orch(
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3OrchProcess]:
-    """One s3orch on local backends and SQLite for a whole module (modules may override it)."""
+    """One s3orch on local backends and SQLite, encrypting as the default configuration
+    does, for a whole module (modules may override it)."""
     workdir = tmp_path_factory.mktemp("server")
-    process = S3OrchProcess(workdir, local_config(workdir))
+    process = S3OrchProcess(workdir, local_config(workdir, encrypted=True))
     process.start()
     yield process
     process.stop()
