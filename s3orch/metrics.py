@@ -36,6 +36,12 @@ backend_duration_seconds = Histogram(
     ["operation", "backend"],
     registry=REGISTRY,
 )
+backend_bytes_total = Counter(
+    "s3o_backend_bytes_total",
+    "Bytes sent to each backend (put, upload_part) or asked of it (get).",
+    ["operation", "backend"],
+    registry=REGISTRY,
+)
 quota_bytes_used = Gauge(
     "s3o_quota_bytes_used", "Bytes of committed copies per backend.", ["backend"], registry=REGISTRY
 )

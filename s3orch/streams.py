@@ -68,6 +68,62 @@ async def primed(source: AsyncIterator[bytes]) -> ByteSource:
     return body()  # type: ignore[return-value]
 
 
+def read_ahead(source: AsyncIterator[bytes], high_water: int = DEFAULT_HIGH_WATER) -> ByteSource:
+    """``source``, pulled in the background until ``high_water`` bytes wait unread.
+
+    For a source that works per block (decryption): the work for the next blocks is done
+    while the reader is still busy with the last, instead of only once it asks. Errors
+    reach the reader after the blocks before them; closing the stream stops and closes
+    ``source``.
+    """
+    stream = PushStream(high_water)
+    pump = _Pump(source, stream)
+    stream.attach(pump)
+    Deferred.fromCoroutine(pump.run())
+    return stream
+
+
+@implementer(IPushProducer)
+class _Pump:
+    """Feeds a PushStream from an async iterator, waiting while the stream is paused."""
+
+    def __init__(self, source: AsyncIterator[bytes], stream: PushStream) -> None:
+        self.source = source
+        self.stream = stream
+        self.resumed: Deferred[None] | None = None
+        self.stopped = False
+
+    def pauseProducing(self) -> None:
+        if self.resumed is None:
+            self.resumed = Deferred()
+
+    def resumeProducing(self) -> None:
+        resumed, self.resumed = self.resumed, None
+        if resumed is not None:
+            resumed.callback(None)
+
+    def stopProducing(self) -> None:
+        self.stopped = True
+        self.resumeProducing()
+
+    async def run(self) -> None:
+        try:
+            async for block in self.source:
+                if self.stopped:
+                    break
+                self.stream.feed(block)
+                if self.resumed is not None:
+                    await self.resumed
+                if self.stopped:
+                    break
+        except BaseException as e:
+            self.stream.fail(e)
+        else:
+            self.stream.finish()
+        finally:
+            await close_source(self.source)
+
+
 class LengthMismatch(ValueError):
     """A stream carried a different number of bytes than it was declared to."""
 

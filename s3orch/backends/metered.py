@@ -39,9 +39,12 @@ class MeteredBackend:
 
     async def put(self, key: str, body: AsyncIterator[bytes], length: int) -> None:
         await self._measure("put", self.backend.put(key, body, length))
+        metrics.backend_bytes_total.labels("put", self.name).inc(length)
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> BackendRead:
-        return await self._measure("get", self.backend.get(key, start, end))
+        read = await self._measure("get", self.backend.get(key, start, end))
+        metrics.backend_bytes_total.labels("get", self.name).inc(read.length)
+        return read
 
     async def head(self, key: str) -> BackendObject | None:
         return await self._measure("head", self.backend.head(key))
@@ -59,9 +62,11 @@ class MeteredBackend:
     async def upload_part(
         self, key: str, handle: str, part_number: int, body: AsyncIterator[bytes], length: int
     ) -> str:
-        return await self._measure(
+        etag = await self._measure(
             "upload_part", self.backend.upload_part(key, handle, part_number, body, length)
         )
+        metrics.backend_bytes_total.labels("upload_part", self.name).inc(length)
+        return etag
 
     async def complete_multipart(
         self, key: str, handle: str, parts: Sequence[tuple[int, str]]

@@ -98,7 +98,10 @@ async def open_stream(
         raise ValueError(f"skip {skip} is past the end of chunk {first_chunk}")
     index = first_chunk
     remaining = length
-    pending = bytearray()
+    # Sealed bytes not yet opened are buffer[pos:]; the buffer is compacted once per
+    # incoming block, not once per chunk, so each byte is copied once.
+    buffer = bytearray()
+    pos = 0
     wanted = layout.chunk_sealed_len(index) if index <= last_chunk else 0
     try:
         async for block in source:
@@ -106,12 +109,15 @@ async def open_stream(
                 continue
             if index > last_chunk:
                 raise TamperedError("more ciphertext than the requested chunks hold")
-            pending += block
-            while index <= last_chunk and len(pending) >= wanted:
-                if index == last_chunk and len(pending) > wanted:
+            if pos:
+                del buffer[:pos]
+                pos = 0
+            buffer += block
+            while index <= last_chunk and len(buffer) - pos >= wanted:
+                if index == last_chunk and len(buffer) - pos > wanted:
                     raise TamperedError("more ciphertext than the requested chunks hold")
-                plaintext = _open(opener, index, pending, wanted, index == count - 1)
-                del pending[:wanted]
+                plaintext = _open(opener, index, buffer, pos, wanted, index == count - 1)
+                pos += wanted
                 if skip:
                     plaintext = plaintext[skip:]
                     skip = 0
@@ -131,10 +137,12 @@ async def open_stream(
         await _close(source)
 
 
-def _open(opener: ChunkOpener, index: int, pending: bytearray, size: int, last: bool) -> bytes:
-    """Open the chunk at the front of ``pending`` without copying it; the view is released
-    before the caller shrinks the buffer."""
-    with memoryview(pending) as view, view[:size] as sealed:
+def _open(
+    opener: ChunkOpener, index: int, buffer: bytearray, pos: int, size: int, last: bool
+) -> bytes:
+    """Open the chunk at ``buffer[pos:pos + size]`` without copying it; the view is
+    released before the caller changes the buffer."""
+    with memoryview(buffer) as view, view[pos : pos + size] as sealed:
         return opener.open_chunk(index, sealed, last)
 
 

@@ -37,7 +37,7 @@ from s3orch.store.records import (
     Precondition,
     StoredCopy,
 )
-from s3orch.streams import ByteSource, primed
+from s3orch.streams import ByteSource, primed, read_ahead
 
 log = Logger()
 
@@ -162,7 +162,7 @@ class Orchestrator:
         async def fetch(first: int, last: int) -> ByteSource:
             return (await self._read(version, first, last)).body
 
-        body = await primed(self.encryption.open(version, fetch, start, end))
+        body = await primed(read_ahead(self.encryption.open(version, fetch, start, end)))
         return BackendRead(start, end - start + 1, version.size, body)
 
     async def _read(self, version: ObjectVersion, start: int, end: int | None) -> BackendRead:

@@ -10,6 +10,8 @@ from typing import Any, TypeVar
 
 import pytest
 from Crypto.Cipher import AES
+from hypothesis import given
+from hypothesis import strategies as st
 from zope.interface.verify import verifyObject
 
 from s3orch.config import EncryptionConfig
@@ -325,3 +327,22 @@ def test_vault_wrapped_dek_is_unknown_to_local_keys() -> None:
     wrapped = WrappedKey("k", vault_fingerprint("transit", "k"), b"vault:v1:abc")
     with pytest.raises(UnknownKey):
         LocalKeys([("config-0", KEY_A)]).unwrap_sync(wrapped)
+
+
+@given(
+    key=st.binary(min_size=32, max_size=32),
+    nonce=st.binary(min_size=12, max_size=12),
+    plaintext=st.binary(max_size=5000),
+    aad=st.binary(max_size=100),
+)
+def test_aes_gcm_agrees_with_pycryptodome(
+    key: bytes, nonce: bytes, plaintext: bytes, aad: bytes
+) -> None:
+    """AesGcm seals exactly as an independent AES-GCM (pycryptodome) does, and opens its output."""
+    oracle = AES.new(key, AES.MODE_GCM, nonce=nonce)
+    oracle.update(aad)
+    ciphertext, tag = oracle.encrypt_and_digest(plaintext)
+    cipher = AesGcm(key)
+    assert cipher.seal(nonce, plaintext, aad) == ciphertext + tag
+    assert cipher.open(nonce, ciphertext + tag, aad) == plaintext
+    assert cipher.open(nonce, ciphertext + bytes(16), aad) is None
