@@ -153,28 +153,34 @@ class S3OrchService(MultiService):
             await self.orchestrator.usage()
             await self._count_deks()
 
-    async def _count_deks(self) -> dict[str, int]:
-        """Publish how many data keys each master key wraps; return those no key unwraps."""
+    async def _count_deks(self) -> dict[str, tuple[str, int]]:
+        """Publish how many data keys each master key wraps; return, by fingerprint, the
+        keys no configured key is (with the id they were wrapped under, and their count)."""
         keys = self.encryption.keys
         configured = keys.key_ids() if keys is not None else {}
         counts = await self.store.dek_counts()
         metrics.encryption_deks.clear()
-        missing: dict[str, int] = {}
+        missing: dict[str, tuple[str, int]] = {}
         for (key_id, fingerprint), count in sorted(counts.items()):
-            name = configured.get(fingerprint, key_id)
-            metrics.encryption_deks.labels(name).inc(count)
             # SENC v1 DEKs are named by position; the local keys open them by trial.
-            if fingerprint not in configured and not fingerprint.startswith("senc1:"):
-                missing[key_id] = missing.get(key_id, 0) + count
+            if fingerprint in configured or fingerprint.startswith("senc1:"):
+                metrics.encryption_deks.labels(configured.get(fingerprint, key_id)).inc(count)
+                continue
+            # An id is a position in the configuration: another key may hold it now.
+            metrics.encryption_deks.labels(f"unconfigured:{fingerprint}").inc(count)
+            previous = missing.get(fingerprint, (key_id, 0))
+            missing[fingerprint] = (previous[0], previous[1] + count)
         return missing
 
     async def _check_keys(self) -> None:
-        for key_id, count in (await self._count_deks()).items():
+        for fingerprint, (key_id, count) in (await self._count_deks()).items():
             log.critical(
-                "{count} data keys are wrapped by master key {key_id}, which is not configured:"
-                " those objects cannot be read until the key is added back (as a previous key)",
+                "{count} data keys are wrapped by a master key that is not configured (wrapped"
+                " as {key_id}, fingerprint {fingerprint}): those objects cannot be read until"
+                " that key is configured again (as a previous key)",
                 count=count,
                 key_id=key_id,
+                fingerprint=fingerprint,
             )
 
     async def _abort_stale(self) -> None:

@@ -1,0 +1,1 @@
+"""The operator's JSON API under /admin/api/, behind a bearer token."""
