@@ -83,6 +83,12 @@ encryption_deks = Gauge(
     ["key_id"],
     registry=REGISTRY,
 )
+key_rotation_objects_total = Counter(
+    "s3o_key_rotation_objects_total",
+    "Data keys re-wrapped by key rotation jobs, by outcome.",
+    ["status"],
+    registry=REGISTRY,
+)
 cleanup_deletions_total = Counter(
     "s3o_cleanup_deletions_total",
     "Deletions of displaced or abandoned copies, by outcome.",

@@ -18,21 +18,27 @@ log = Logger()
 
 
 class Root(Resource):
-    """Sends /health and /metrics to their resources and every other path to S3.
+    """Sends /health, /metrics and /admin/ to their resources and every other path to S3.
 
     Bucket names ``health``, ``metrics`` and ``admin`` are refused by the
     configuration, so no bucket is ever shadowed.
     """
 
-    def __init__(self, s3: IResource, extra: dict[bytes, IResource]) -> None:
+    def __init__(
+        self, s3: IResource, extra: dict[bytes, IResource], admin: IResource | None = None
+    ) -> None:
         super().__init__()
         self.s3 = s3
         self.extra = extra
+        self.admin = admin
 
     def getChild(self, path: bytes, request: Request) -> IResource:
         # Only an exact "/health" or "/metrics" is ours; "/metrics/x" is an S3 key.
         if path in self.extra and request.postpath == []:
             return self.extra[path]
+        # The admin API reads the rest of the path itself (/admin/api/...).
+        if path == b"admin" and self.admin is not None:
+            return self.admin
         # Hand the whole path back to the S3 leaf, which parses request.uri itself.
         return self.s3
 

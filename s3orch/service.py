@@ -13,12 +13,18 @@ from twisted.logger import Logger
 from twisted.python.threadpool import ThreadPool
 
 from s3orch import metrics
+from s3orch.admin.encryption import EncryptionOperations
+from s3orch.admin.resource import AdminResource, job_routes
 from s3orch.backends.interface import IBackend
 from s3orch.backends.local import LocalBackend
 from s3orch.backends.metered import MeteredBackend
 from s3orch.backends.s3 import S3Backend, make_http_client
 from s3orch.config import BackendConfig, Config, EncryptionConfig
-from s3orch.crypto.keys import LocalKeys, create_key_file
+from s3orch.crypto.combined import CombinedKeys
+from s3orch.crypto.keys import IKeyProvider, LocalKeys, create_key_file
+from s3orch.crypto.vault import VaultTransitKeys
+from s3orch.jobs import conversion, rotation
+from s3orch.jobs.runner import JobRunner
 from s3orch.loops import PeriodicService
 from s3orch.metrics import REGISTRY
 from s3orch.objects.multipart import MultipartUploads
@@ -29,6 +35,8 @@ from s3orch.s3api.auth import Credentials
 from s3orch.s3api.request import S3Site
 from s3orch.s3api.resource import S3Context, S3Resource
 from s3orch.store.db import Database
+from s3orch.store.deks import DekStore
+from s3orch.store.jobs import JobStore
 from s3orch.store.multipart import MultipartStore
 from s3orch.store.objects import MetadataStore
 
@@ -62,7 +70,8 @@ class S3OrchService(MultiService):
         backends: dict[str, IBackend] = {
             b.name: MeteredBackend(self._backend(b), reactor) for b in config.backends
         }
-        self.encryption = _encryption(config.encryption)
+        self.vault: VaultTransitKeys | None = None
+        self.encryption = self._encryption(config.encryption)
         self.orchestrator = Orchestrator(
             self.store, backends, config.routing_strategy, reactor, self.encryption
         )
@@ -79,6 +88,15 @@ class S3OrchService(MultiService):
             max_object_size=config.server.max_object_size,
             started=reactor.seconds(),
         )
+        self.jobs = JobRunner(JobStore(self.db), {}, reactor)
+        self.jobs.register(rotation.KIND, rotation.KeyRotation(DekStore(self.db), self.encryption))
+        self.jobs.register(conversion.ENCRYPT, conversion.Conversion(self.orchestrator, True))
+        self.jobs.register(conversion.DECRYPT, conversion.Conversion(self.orchestrator, False))
+        admin = AdminResource(
+            config.admin.token,
+            job_routes(self.jobs, {rotation.KIND: "rotated"})
+            + EncryptionOperations(self.jobs, self.encryption).routes(),
+        )
         s3 = S3Resource(self.context)
         root = Root(
             s3,
@@ -86,6 +104,7 @@ class S3OrchService(MultiService):
                 b"health": HealthResource(self.health),
                 b"metrics": MetricsResource(REGISTRY, self._refresh_gauges),
             },
+            admin,
         )
         max_body = int(config.server.max_object_size * FRAMING_ALLOWANCE) + 1024 * 1024
         site = S3Site(
@@ -98,6 +117,40 @@ class S3OrchService(MultiService):
         strports.service(config.server.listen_endpoint, site, reactor=reactor).setServiceParent(
             self
         )
+
+    def _encryption(self, config: EncryptionConfig) -> Encryption:
+        """The master keys the configuration names; creates the default key file if asked to."""
+        generate = config.master_key_file and config.generate_key_file
+        if generate and create_key_file(config.master_key_file):
+            log.critical(
+                "Created a new master key in {path} (mode 0600). Every encrypted object needs"
+                " it: back it up now, somewhere safe and apart from this machine (for example"
+                " `base64 {path}` into a password manager). Without it the data is lost.",
+                path=config.master_key_file,
+            )
+        keys: IKeyProvider | None = None
+        if config.master_key is not None or config.master_key_file:
+            keys = LocalKeys.from_config(config)
+        elif config.vault is not None:
+            self.vault = VaultTransitKeys.from_config(config.vault, self.reactor)
+            keys = self.vault
+            if config.previous_keys:
+                previous = LocalKeys(
+                    [
+                        (key_id, key)
+                        for key_id, key in zip(
+                            config.previous_key_ids, config.previous_keys, strict=True
+                        )
+                    ]
+                )
+                keys = CombinedKeys(self.vault, [previous])
+        return Encryption(keys, config.enabled, config.chunk_size)
+
+    def _vault_loops(self) -> list[PeriodicService]:
+        if self.vault is None or self.config.encryption.vault is None:
+            return []
+        interval = self.config.encryption.vault.renew_interval
+        return [PeriodicService("vault-renew", interval, self.vault.renew, self.reactor, False)]
 
     def _backend(self, config: BackendConfig) -> IBackend:
         if config.type == "local":
@@ -130,11 +183,13 @@ class S3OrchService(MultiService):
             await self.store.expire_uploads(self.reactor.seconds() + 1)
         await self.orchestrator.usage()
         await self._check_keys()
+        self.jobs.setServiceParent(self)
         self.context.ready = True
         log.info("s3orch ready: schema version {version}", version=version)
         for loop in (
             PeriodicService("cleanup", CLEANUP_INTERVAL, self._cleanup, self.reactor),
             PeriodicService("usage", USAGE_INTERVAL, self.orchestrator.usage, self.reactor, False),
+            *self._vault_loops(),
             PeriodicService(
                 "stale-uploads",
                 min(STALE_UPLOAD_INTERVAL, self.config.server.multipart_max_age / 4),
@@ -205,27 +260,11 @@ class S3OrchService(MultiService):
     async def _stop(self) -> None:
         self.context.ready = False
         await super().stopService()
+        if self.vault is not None:
+            await self.vault.close()
         self.db.close()
         self.hash_pool.stop()
         self.file_pool.stop()
-
-
-def _encryption(config: EncryptionConfig) -> Encryption:
-    """The master keys the configuration names; creates the default key file if asked to."""
-    keys = None
-    generate = config.master_key_file and config.generate_key_file
-    if generate and create_key_file(config.master_key_file):
-        log.critical(
-            "Created a new master key in {path} (mode 0600). Every encrypted object needs"
-            " it: back it up now, somewhere safe and apart from this machine (for example"
-            " `base64 {path}` into a password manager). Without it the data is lost.",
-            path=config.master_key_file,
-        )
-    if config.master_key is not None or config.master_key_file:
-        keys = LocalKeys.from_config(config)
-    elif config.vault is not None:
-        raise ValueError("encryption.vault: Vault Transit is not supported by this build yet")
-    return Encryption(keys, config.enabled, config.chunk_size)
 
 
 def _database(config: Config) -> Database:

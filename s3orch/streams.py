@@ -45,6 +45,12 @@ class ByteSource(Protocol):
     async def aclose(self) -> None: ...
 
 
+async def empty() -> AsyncIterator[bytes]:
+    """A stream of no bytes."""
+    return
+    yield b""
+
+
 async def primed(source: AsyncIterator[bytes]) -> ByteSource:
     """``source``, with its first block already pulled: whatever fails before the first
     byte raises here, while the caller can still answer with an error."""

@@ -28,7 +28,7 @@ from s3orch.objects.errors import (
 )
 from s3orch.objects.listing import ListPage, list_page
 from s3orch.objects.sealing import Encryption
-from s3orch.store.objects import MetadataStore
+from s3orch.store.objects import MetadataStore, VersionChanged
 from s3orch.store.records import (
     BackendUsage,
     NoSpace,
@@ -37,7 +37,7 @@ from s3orch.store.records import (
     Precondition,
     StoredCopy,
 )
-from s3orch.streams import ByteSource, primed, read_ahead
+from s3orch.streams import ByteSource, empty, primed, read_ahead
 
 log = Logger()
 
@@ -134,6 +134,36 @@ class Orchestrator:
             raise
         await self.remove(displaced)
         return version
+
+    async def rewrite(self, version: ObjectVersion, seal: bool) -> bool:
+        """Store ``version``'s bytes again, sealed (``seal``) or in plaintext, under a new
+        storage key, then swap them in; the old bytes are deleted after the swap.
+
+        The new bytes (and their DEK) are committed in one transaction, and only if
+        ``version`` is still current: returns False, changing nothing, if a client wrote or
+        deleted the key meanwhile. Clients see the same object throughout.
+        """
+        size = version.size
+        sealed = await self.encryption.seal_object(size) if seal else None
+        stored = sealed.stored_size if sealed is not None else size
+        copy = await self.reserve(stored)
+        try:
+            body: AsyncIterator[bytes] = empty()
+            if size:
+                body = (await self.open(version)).body
+            if sealed is not None:
+                body = sealed.stream(body)
+            await self.backends[copy.backend].put(copy.storage_key, body, stored)
+            sealing = sealed.sealing if sealed is not None else None
+            displaced = await self.store.rewrite(version, copy, sealing, self.clock.seconds())
+        except VersionChanged:
+            await self._abandon(copy)
+            return False
+        except BaseException:
+            await self._abandon(copy)
+            raise
+        await self.remove(displaced)
+        return True
 
     async def _check(self, bucket: str, key: str, precondition: Precondition) -> None:
         current = await self.store.get(bucket, key)

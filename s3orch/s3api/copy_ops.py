@@ -19,6 +19,7 @@ from s3orch.s3api.errors import S3Error
 from s3orch.s3api.object_ops import write_precondition
 from s3orch.s3api.replies import send
 from s3orch.store.records import ObjectVersion
+from s3orch.streams import empty
 
 if TYPE_CHECKING:
     from s3orch.s3api.resource import Call, S3Context
@@ -56,16 +57,11 @@ async def _source(ctx: S3Context, call: Call) -> ObjectVersion:
     return source
 
 
-async def _empty() -> AsyncIterator[bytes]:
-    return
-    yield b""
-
-
 async def _bytes_of(
     ctx: S3Context, source: ObjectVersion, start: int, end: int
 ) -> AsyncIterator[bytes]:
     if end < start:
-        return _empty()
+        return empty()
     read = await ctx.orchestrator.open(source, start, end)
     return read.body
 

@@ -46,6 +46,10 @@ class UnknownBackend(LookupError):
     """The backend is not in the database (``sync_backends`` has not named it)."""
 
 
+class VersionChanged(Exception):
+    """The version to rewrite is no longer the current version of its key."""
+
+
 class ReservationLost(Exception):
     """A copy to commit has no pending upload row any more (expired, abandoned or never made)."""
 
@@ -133,12 +137,39 @@ def _remove_version(
     if row is None:
         return []
     version_id = row[0]
+    displaced = _drop_copies(cur, version_id, now, deltas)
+    cur.execute("DELETE FROM objects WHERE version_id = ?", (version_id,))
+    return displaced
+
+
+def _claim(cur: Cursor, copy: StoredCopy, deltas: dict[str, _Delta]) -> None:
+    """Turn ``copy``'s pending upload row into committed bytes (the copy row is the caller's)."""
+    cur.execute(
+        "DELETE FROM pending WHERE storage_key = ? AND state = 'upload' RETURNING backend, size",
+        (copy.storage_key,),
+    )
+    rows = cur.fetchall()
+    if not rows:
+        raise ReservationLost(copy.storage_key)
+    backend, reserved = rows[0]
+    if backend != copy.backend:
+        raise ValueError(f"{copy.storage_key!r} was reserved on {backend!r}, not {copy.backend!r}")
+    delta = deltas.setdefault(backend, _Delta())
+    delta.pending -= int(reserved)
+    delta.used += copy.stored_size
+    delta.count += 1
+    delta.growth += copy.stored_size - int(reserved)
+
+
+def _drop_copies(
+    cur: Cursor, version_id: str, now: int, deltas: dict[str, _Delta]
+) -> list[PendingDeletion]:
+    """Delete a version's copy rows; their bytes become pending deletions, returned."""
     cur.execute(
         "DELETE FROM copies WHERE version_id = ? RETURNING backend, storage_key, stored_size",
         (version_id,),
     )
     removed = sorted(cur.fetchall())
-    cur.execute("DELETE FROM objects WHERE version_id = ?", (version_id,))
     cur.executemany(
         "INSERT INTO pending (storage_key, backend, size, state, created_at, attempts,"
         " next_attempt, last_error) VALUES (?, ?, ?, 'delete', ?, 0, ?, NULL)",
@@ -167,24 +198,7 @@ def commit_version(
         _check_precondition(cur, version.bucket, version.key, precondition)
     deltas: dict[str, _Delta] = {}
     for copy in sorted(version.copies, key=lambda c: c.storage_key):
-        cur.execute(
-            "DELETE FROM pending WHERE storage_key = ? AND state = 'upload'"
-            " RETURNING backend, size",
-            (copy.storage_key,),
-        )
-        rows = cur.fetchall()
-        if not rows:
-            raise ReservationLost(copy.storage_key)
-        backend, reserved = rows[0]
-        if backend != copy.backend:
-            raise ValueError(
-                f"{copy.storage_key!r} was reserved on {backend!r}, not {copy.backend!r}"
-            )
-        delta = deltas.setdefault(backend, _Delta())
-        delta.pending -= int(reserved)
-        delta.used += copy.stored_size
-        delta.count += 1
-        delta.growth += copy.stored_size - int(reserved)
+        _claim(cur, copy, deltas)
     displaced = _remove_version(cur, version.bucket, version.key, at, deltas)
     cur.execute(
         f"INSERT INTO objects (bucket, key, version_id, size, etag, content_type,"
@@ -527,6 +541,71 @@ class MetadataStore:
             return displaced
 
         return await self._db.run("delete", txn)
+
+    async def rewrite(
+        self, version: ObjectVersion, copy: StoredCopy, sealing: Sealing | None, now: float
+    ) -> list[PendingDeletion]:
+        """Give ``version`` new bytes: ``copy`` (reserved) replaces its copies, ``sealing``
+        its sealing, in one transaction; the old copies become pending deletions, returned.
+
+        Raises VersionChanged, changing nothing, unless ``version`` is still the current
+        version of its key: a write that raced with the rewrite always wins.
+        """
+        at = _micros(now)
+
+        def txn(cur: Cursor) -> list[PendingDeletion]:
+            _lock_object(cur, version.bucket, version.key)
+            cur.execute(
+                "SELECT version_id FROM objects WHERE bucket = ? AND key = ?",
+                (version.bucket, version.key),
+            )
+            row = cur.fetchone()
+            if row is None or row[0] != version.version_id:
+                raise VersionChanged(version.key)
+            deltas: dict[str, _Delta] = {}
+            _claim(cur, copy, deltas)
+            displaced = _drop_copies(cur, version.version_id, at, deltas)
+            cur.execute(
+                "INSERT INTO copies (version_id, backend, storage_key, stored_size)"
+                " VALUES (?, ?, ?, ?)",
+                (version.version_id, copy.backend, copy.storage_key, copy.stored_size),
+            )
+            columns = ", ".join(f"{n.strip()} = ?" for n in _SEALING_NAMES.split(","))
+            cur.execute(
+                f"UPDATE objects SET {columns} WHERE version_id = ?",
+                (*sealing_values(sealing), version.version_id),
+            )
+            _apply(cur, deltas, at)
+            return displaced
+
+        return await self._db.run("rewrite", txn)
+
+    async def versions_after(
+        self, after: str, limit: int, sealed: bool
+    ) -> builtins.list[tuple[str, str, str]]:
+        """(version_id, bucket, key) of up to ``limit`` current versions after ``after`` in
+        version_id order, sealed ones or plaintext ones."""
+        test = "IS NOT NULL" if sealed else "IS NULL"
+
+        def txn(cur: Cursor) -> builtins.list[tuple[str, str, str]]:
+            cur.execute(
+                f"SELECT version_id, bucket, key FROM objects WHERE enc_scheme {test}"
+                " AND version_id > ? ORDER BY version_id LIMIT ?",
+                (after, limit),
+            )
+            return [(v, b, k) for v, b, k in cur.fetchall()]
+
+        return await self._db.run("versions_after", txn, readonly=True)
+
+    async def count_versions(self, sealed: bool) -> int:
+        test = "IS NOT NULL" if sealed else "IS NULL"
+
+        def txn(cur: Cursor) -> int:
+            cur.execute(f"SELECT COUNT(*) FROM objects WHERE enc_scheme {test}")
+            row = cur.fetchone()
+            return int(row[0]) if row is not None else 0
+
+        return await self._db.run("count_versions", txn, readonly=True)
 
     async def dek_counts(self) -> dict[tuple[str, str], int]:
         """How many data keys (versions and multipart uploads) each master key wraps,
