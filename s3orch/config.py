@@ -174,6 +174,8 @@ class VaultConfig:
     ca_cert: str = ""
     namespace: str = ""
     renew_interval: float = 300.0
+    decrypt_only: bool = False
+    """Vault only unwraps what it wrapped (moving away from Vault); another source wraps."""
 
 
 @frozen
@@ -197,7 +199,7 @@ class EncryptionConfig:
             return "config-0"
         if self.master_key_file:
             return "file-0"
-        if self.vault is not None:
+        if self.vault is not None and not self.vault.decrypt_only:
             return self.vault.key_name
         return None
 
@@ -1017,7 +1019,8 @@ def _read_encryption(section: _Section | None) -> EncryptionConfig:
     vault = _read_vault(section) if section.has("vault") else None
     previous = _read_previous_keys(section, seen)
 
-    present = (has_master_key, bool(key_file), section.has("vault"))
+    vault_wraps = vault is not None and not vault.decrypt_only
+    present = (has_master_key, bool(key_file), section.has("vault") and vault_wraps)
     sources = [name for name, given in zip(_KEY_SOURCES, present, strict=True) if given]
     if len(sources) > 1:
         section.problems.add(
@@ -1154,6 +1157,7 @@ def _read_vault(section: _Section) -> VaultConfig | None:
         ca_cert=ca_cert or "",
         namespace=namespace or "",
         renew_interval=renew_interval or default.renew_interval,
+        decrypt_only=bool(vault.boolean("decrypt_only", default.decrypt_only)),
     )
 
 

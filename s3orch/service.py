@@ -89,7 +89,9 @@ class S3OrchService(MultiService):
             started=reactor.seconds(),
         )
         self.jobs = JobRunner(JobStore(self.db), {}, reactor)
-        self.jobs.register(rotation.KIND, rotation.KeyRotation(DekStore(self.db), self.encryption))
+        self.jobs.register(
+            rotation.KIND, rotation.KeyRotation(DekStore(self.db), self.encryption, self.vault)
+        )
         self.jobs.register(conversion.ENCRYPT, conversion.Conversion(self.orchestrator, True))
         self.jobs.register(conversion.DECRYPT, conversion.Conversion(self.orchestrator, False))
         admin = AdminResource(
@@ -129,19 +131,17 @@ class S3OrchService(MultiService):
                 path=config.master_key_file,
             )
         keys: IKeyProvider | None = None
+        if config.vault is not None:
+            self.vault = VaultTransitKeys.from_config(config.vault, self.reactor)
         if config.master_key is not None or config.master_key_file:
             keys = LocalKeys.from_config(config)
-        elif config.vault is not None:
-            self.vault = VaultTransitKeys.from_config(config.vault, self.reactor)
+            if self.vault is not None:  # decrypt-only: moving away from Vault
+                keys = CombinedKeys(keys, [self.vault])
+        elif self.vault is not None:
             keys = self.vault
             if config.previous_keys:
                 previous = LocalKeys(
-                    [
-                        (key_id, key)
-                        for key_id, key in zip(
-                            config.previous_key_ids, config.previous_keys, strict=True
-                        )
-                    ]
+                    list(zip(config.previous_key_ids, config.previous_keys, strict=True))
                 )
                 keys = CombinedKeys(self.vault, [previous])
         return Encryption(keys, config.enabled, config.chunk_size)

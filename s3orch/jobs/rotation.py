@@ -4,6 +4,10 @@ Only the wrapping in the metadata changes; object bytes are never read or writte
 rotation costs the same whatever the objects' sizes. Each batch unwraps and re-wraps its DEKs,
 then stores them with compare-and-swap (``DekStore.replace``): a DEK whose row changed in
 between (an overwrite, a delete, a completed upload) is left alone, never reverted.
+
+Rotating the Vault Transit key itself (``old_key_id`` = the primary Vault key's name, after
+``vault write -f transit/keys/<name>/rotate``) re-wraps the DEKs wrapped by an older key
+version inside Vault, with Transit ``rewrap`` in batches: no DEK leaves Vault in the clear.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from zope.interface import implementer
 
 from s3orch import metrics
 from s3orch.crypto.keys import KeyProviderError, WrappedKey
+from s3orch.crypto.vault import VaultTransitKeys, ciphertext_version
 from s3orch.jobs.records import BatchResult
 from s3orch.jobs.runner import IJobKind
 from s3orch.objects.errors import ObjectError
@@ -39,6 +44,7 @@ class KeyRotation:
 
     deks: DekStore
     encryption: Encryption
+    vault: VaultTransitKeys | None = None
 
     def selection(self, params: Mapping[str, Any]) -> KeySelection:
         """The DEKs recorded under ``old_key_id`` when wrapped, or wrapped by the key that has
@@ -47,23 +53,45 @@ class KeyRotation:
         if keys is None:
             raise NoKeys("encryption has no master key configured")
         old = str(params["old_key_id"])
+        if self._inside_vault(old):
+            assert self.vault is not None
+            return KeySelection(old, (self.vault.fingerprint,), exclude="")
         ids = keys.key_ids()
         primary = next(fp for fp, key_id in ids.items() if key_id == keys.primary_id)
         current = tuple(fp for fp, key_id in ids.items() if key_id == old and fp != primary)
         return KeySelection(old, current, primary)
 
     async def count(self, params: Mapping[str, Any]) -> int:
-        return await self.deks.count(self.selection(params))
+        selection = self.selection(params)
+        if not self._inside_vault(str(params["old_key_id"])):
+            return await self.deks.count(selection)
+        # Only the DEKs of older Transit key versions need re-wrapping: count those.
+        assert self.vault is not None
+        latest = (await self.vault.key_versions()).latest_version
+        total, cursor = 0, None
+        while True:
+            page, cursor = await self.deks.page(selection, cursor, 5000)
+            total += sum(1 for dek in page if _version(dek.wrapped.blob) < latest)
+            if cursor is None:
+                return total
+
+    def _inside_vault(self, old_key_id: str) -> bool:
+        keys = self.encryption.keys
+        vault = self.vault
+        return vault is not None and keys is not None and old_key_id == keys.primary_id
 
     async def batch(self, params: Mapping[str, Any], cursor: str | None, limit: int) -> BatchResult:
         page, next_cursor = await self.deks.page(self.selection(params), cursor, limit)
         changes: list[tuple[StoredDek, WrappedKey]] = []
         errors: list[str] = []
-        for dek in page:
-            try:
-                changes.append((dek, await self._rewrap(dek.wrapped)))
-            except (ObjectError, KeyProviderError) as e:
-                errors.append(f"{dek.row_id}: {e}")
+        if self._inside_vault(str(params["old_key_id"])):
+            changes, errors = await self._rewrap_in_vault(page)
+        else:
+            for dek in page:
+                try:
+                    changes.append((dek, await self._rewrap(dek.wrapped)))
+                except (ObjectError, KeyProviderError) as e:
+                    errors.append(f"{dek.row_id}: {e}")
         await self.deks.replace(changes)
         metrics.key_rotation_objects_total.labels("success").inc(len(changes))
         metrics.key_rotation_objects_total.labels("error").inc(len(errors))
@@ -75,7 +103,36 @@ class KeyRotation:
             done=next_cursor is None,
         )
 
+    async def _rewrap_in_vault(
+        self, page: list[StoredDek]
+    ) -> tuple[list[tuple[StoredDek, WrappedKey]], list[str]]:
+        """Transit ``rewrap`` for the DEKs of older key versions; the others are current."""
+        assert self.vault is not None
+        latest = (await self.vault.key_versions()).latest_version
+        changes: list[tuple[StoredDek, WrappedKey]] = []
+        errors: list[str] = []
+        old = []
+        for dek in page:
+            if _version(dek.wrapped.blob) < latest:
+                old.append(dek)
+        results = await self.vault.rewrap_batch([dek.wrapped for dek in old])
+        for dek, result in zip(old, results, strict=True):
+            if isinstance(result, WrappedKey):
+                changes.append((dek, result))
+            else:
+                errors.append(f"{dek.row_id}: {result}")
+        return changes, errors
+
     async def _rewrap(self, wrapped: WrappedKey) -> WrappedKey:
         keys = self.encryption.keys
         assert keys is not None
         return await keys.wrap(await self.encryption.data_key(wrapped))
+
+
+def _version(blob: bytes) -> int:
+    """The Transit key version of a wrapped DEK; a malformed one counts as old, so that
+    re-wrapping it reports its error."""
+    try:
+        return ciphertext_version(blob)
+    except KeyProviderError:
+        return 0
