@@ -221,7 +221,13 @@ def _keygen(args: argparse.Namespace, streams: Streams) -> int:
     return 0
 
 
-_SUBCOMMANDS: tuple[Callable[[_SubParsers], None], ...] = (_add_validate, _add_keygen)
+def _add_admin(subparsers: _SubParsers) -> None:
+    from s3orch.admin_cli import add_parser
+
+    add_parser(subparsers)
+
+
+_SUBCOMMANDS: tuple[Callable[[_SubParsers], None], ...] = (_add_validate, _add_keygen, _add_admin)
 
 
 if __name__ == "__main__":

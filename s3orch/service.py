@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from functools import partial
 from typing import Any
 
@@ -19,9 +21,9 @@ from s3orch.backends.interface import IBackend
 from s3orch.backends.local import LocalBackend
 from s3orch.backends.metered import MeteredBackend
 from s3orch.backends.s3 import S3Backend, make_http_client
-from s3orch.config import BackendConfig, Config, EncryptionConfig
+from s3orch.config import BackendConfig, Config, ConfigError, EncryptionConfig, load_config
 from s3orch.crypto.combined import CombinedKeys
-from s3orch.crypto.keys import IKeyProvider, LocalKeys, create_key_file
+from s3orch.crypto.keys import IKeyProvider, KeyMaterialError, LocalKeys, create_key_file
 from s3orch.crypto.vault import VaultTransitKeys
 from s3orch.jobs import conversion, rotation
 from s3orch.jobs.runner import JobRunner
@@ -57,9 +59,10 @@ FRAMING_ALLOWANCE = 1.02
 class S3OrchService(MultiService):
     """The whole server: listener, database, backends and background loops."""
 
-    def __init__(self, config: Config, reactor: Any) -> None:
+    def __init__(self, config: Config, reactor: Any, config_path: str | None = None) -> None:
         super().__init__()
         self.config = config
+        self.config_path = config_path
         self.reactor = reactor
         self.db = _database(config)
         self.store = MetadataStore(self.db)
@@ -90,7 +93,8 @@ class S3OrchService(MultiService):
         )
         self.jobs = JobRunner(JobStore(self.db), {}, reactor)
         self.jobs.register(
-            rotation.KIND, rotation.KeyRotation(DekStore(self.db), self.encryption, self.vault)
+            rotation.KIND,
+            rotation.KeyRotation(DekStore(self.db), self.encryption, lambda: self.vault),
         )
         self.jobs.register(conversion.ENCRYPT, conversion.Conversion(self.orchestrator, True))
         self.jobs.register(conversion.DECRYPT, conversion.Conversion(self.orchestrator, False))
@@ -121,36 +125,57 @@ class S3OrchService(MultiService):
         )
 
     def _encryption(self, config: EncryptionConfig) -> Encryption:
-        """The master keys the configuration names; creates the default key file if asked to."""
-        generate = config.master_key_file and config.generate_key_file
-        if generate and create_key_file(config.master_key_file):
-            log.critical(
-                "Created a new master key in {path} (mode 0600). Every encrypted object needs"
-                " it: back it up now, somewhere safe and apart from this machine (for example"
-                " `base64 {path}` into a password manager). Without it the data is lost.",
-                path=config.master_key_file,
-            )
-        keys: IKeyProvider | None = None
-        if config.vault is not None:
-            self.vault = VaultTransitKeys.from_config(config.vault, self.reactor)
-        if config.master_key is not None or config.master_key_file:
-            keys = LocalKeys.from_config(config)
-            if self.vault is not None:  # decrypt-only: moving away from Vault
-                keys = CombinedKeys(keys, [self.vault])
-        elif self.vault is not None:
-            keys = self.vault
-            if config.previous_keys:
-                previous = LocalKeys(
-                    list(zip(config.previous_key_ids, config.previous_keys, strict=True))
-                )
-                keys = CombinedKeys(self.vault, [previous])
+        keys, self.vault = key_provider(config, self.reactor)
         return Encryption(keys, config.enabled, config.chunk_size)
+
+    def reload(self) -> Deferred[None]:
+        """Read the configuration file again and switch to its encryption keys (SIGHUP).
+
+        Connections and requests in flight are untouched: a write already sealing goes on
+        with the key it has. Other sections need a restart; an invalid file changes nothing.
+        """
+        return Deferred.fromCoroutine(self._reload())
+
+    async def _reload(self) -> None:
+        if self.config_path is None:
+            return
+        path = self.config_path
+        try:
+            config = await deferToThreadPool(self.reactor, self.file_pool, load_config, path)
+            keys, vault = key_provider(config.encryption, self.reactor)
+        except (ConfigError, KeyMaterialError, ValueError, OSError) as e:
+            detail = "; ".join(e.errors) if isinstance(e, ConfigError) else str(e)
+            log.error(
+                "reload of {path} failed, keeping the current keys: {detail}",
+                path=path,
+                detail=detail,
+            )
+            return
+        old_vault, self.vault = self.vault, vault
+        encryption = config.encryption
+        self.encryption.keys = keys
+        self.encryption.enabled = encryption.enabled
+        self.encryption.chunk_size = encryption.chunk_size
+        if old_vault is not None:
+            await old_vault.close()
+        log.info(
+            "reloaded encryption keys from {path}: new objects {state}",
+            path=path,
+            state=f"use key {keys.primary_id}"
+            if self.encryption.seals and keys
+            else "are not encrypted",
+        )
+        await self._check_keys()
 
     def _vault_loops(self) -> list[PeriodicService]:
         if self.vault is None or self.config.encryption.vault is None:
             return []
         interval = self.config.encryption.vault.renew_interval
-        return [PeriodicService("vault-renew", interval, self.vault.renew, self.reactor, False)]
+        return [PeriodicService("vault-renew", interval, self._renew_vault, self.reactor, False)]
+
+    async def _renew_vault(self) -> None:
+        if self.vault is not None:
+            await self.vault.renew()
 
     def _backend(self, config: BackendConfig) -> IBackend:
         if config.type == "local":
@@ -173,6 +198,9 @@ class S3OrchService(MultiService):
         self.file_pool.start()
         self.hash_pool.start()
         super().startService()
+        if self.config_path is not None and threading.current_thread() is threading.main_thread():
+            # systemctl reload: the handler only hands over to the reactor.
+            signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
         Deferred.fromCoroutine(self._prepare()).addErrback(self._startup_failed)
 
     async def _prepare(self) -> None:
@@ -265,6 +293,37 @@ class S3OrchService(MultiService):
         self.db.close()
         self.hash_pool.stop()
         self.file_pool.stop()
+
+
+def key_provider(
+    config: EncryptionConfig, reactor: Any
+) -> tuple[IKeyProvider | None, VaultTransitKeys | None]:
+    """The master keys the configuration names (and the Vault provider among them, if any).
+
+    Creates the default key file if the configuration asks for it.
+    """
+    generate = config.master_key_file and config.generate_key_file
+    if generate and create_key_file(config.master_key_file):
+        log.critical(
+            "Created a new master key in {path} (mode 0600). Every encrypted object needs"
+            " it: back it up now, somewhere safe and apart from this machine (for example"
+            " `base64 {path}` into a password manager). Without it the data is lost.",
+            path=config.master_key_file,
+        )
+    vault = VaultTransitKeys.from_config(config.vault, reactor) if config.vault else None
+    keys: IKeyProvider | None = None
+    if config.master_key is not None or config.master_key_file:
+        keys = LocalKeys.from_config(config)
+        if vault is not None:  # decrypt-only: moving away from Vault
+            keys = CombinedKeys(keys, [vault])
+    elif vault is not None:
+        keys = vault
+        if config.previous_keys:
+            previous = LocalKeys(
+                list(zip(config.previous_key_ids, config.previous_keys, strict=True))
+            )
+            keys = CombinedKeys(vault, [previous])
+    return keys, vault
 
 
 def _database(config: Config) -> Database:

@@ -29,4 +29,4 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         reactor = default_reactor
     from s3orch.service import S3OrchService
 
-    return S3OrchService(options["loaded"], reactor)
+    return S3OrchService(options["loaded"], reactor, options["config"])

@@ -12,7 +12,7 @@ version inside Vault, with Transit ``rewrap`` in batches: no DEK leaves Vault in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from attrs import define
@@ -44,7 +44,8 @@ class KeyRotation:
 
     deks: DekStore
     encryption: Encryption
-    vault: VaultTransitKeys | None = None
+    vault: Callable[[], VaultTransitKeys | None] = lambda: None
+    """The Vault provider among the keys now (they change on reload)."""
 
     def selection(self, params: Mapping[str, Any]) -> KeySelection:
         """The DEKs recorded under ``old_key_id`` when wrapped, or wrapped by the key that has
@@ -53,9 +54,9 @@ class KeyRotation:
         if keys is None:
             raise NoKeys("encryption has no master key configured")
         old = str(params["old_key_id"])
-        if self._inside_vault(old):
-            assert self.vault is not None
-            return KeySelection(old, (self.vault.fingerprint,), exclude="")
+        vault = self.vault()
+        if vault is not None and self._inside_vault(old):
+            return KeySelection(old, (vault.fingerprint,), exclude="")
         ids = keys.key_ids()
         primary = next(fp for fp, key_id in ids.items() if key_id == keys.primary_id)
         current = tuple(fp for fp, key_id in ids.items() if key_id == old and fp != primary)
@@ -66,8 +67,9 @@ class KeyRotation:
         if not self._inside_vault(str(params["old_key_id"])):
             return await self.deks.count(selection)
         # Only the DEKs of older Transit key versions need re-wrapping: count those.
-        assert self.vault is not None
-        latest = (await self.vault.key_versions()).latest_version
+        vault = self.vault()
+        assert vault is not None
+        latest = (await vault.key_versions()).latest_version
         total, cursor = 0, None
         while True:
             page, cursor = await self.deks.page(selection, cursor, 5000)
@@ -77,7 +79,7 @@ class KeyRotation:
 
     def _inside_vault(self, old_key_id: str) -> bool:
         keys = self.encryption.keys
-        vault = self.vault
+        vault = self.vault()
         return vault is not None and keys is not None and old_key_id == keys.primary_id
 
     async def batch(self, params: Mapping[str, Any], cursor: str | None, limit: int) -> BatchResult:
@@ -107,15 +109,16 @@ class KeyRotation:
         self, page: list[StoredDek]
     ) -> tuple[list[tuple[StoredDek, WrappedKey]], list[str]]:
         """Transit ``rewrap`` for the DEKs of older key versions; the others are current."""
-        assert self.vault is not None
-        latest = (await self.vault.key_versions()).latest_version
+        vault = self.vault()
+        assert vault is not None
+        latest = (await vault.key_versions()).latest_version
         changes: list[tuple[StoredDek, WrappedKey]] = []
         errors: list[str] = []
         old = []
         for dek in page:
             if _version(dek.wrapped.blob) < latest:
                 old.append(dek)
-        results = await self.vault.rewrap_batch([dek.wrapped for dek in old])
+        results = await vault.rewrap_batch([dek.wrapped for dek in old])
         for dek, result in zip(old, results, strict=True):
             if isinstance(result, WrappedKey):
                 changes.append((dek, result))
