@@ -1019,7 +1019,7 @@ def _read_encryption(section: _Section | None) -> EncryptionConfig:
     vault = _read_vault(section) if section.has("vault") else None
     previous = _read_previous_keys(section, seen)
 
-    vault_wraps = vault is not None and not vault.decrypt_only
+    vault_wraps = vault is None or not vault.decrypt_only
     present = (has_master_key, bool(key_file), section.has("vault") and vault_wraps)
     sources = [name for name, given in zip(_KEY_SOURCES, present, strict=True) if given]
     if len(sources) > 1:
