@@ -196,7 +196,7 @@ async def _plaintext(
         header = parse_header(sealing.header)
         if header.plain_size != size:
             raise TamperedError("the object's header does not match its metadata (size)")
-        async for block in _open_range(Opener(dek, header), 0, fetch, start, end):
+        async for block in _open_single(Opener(dek, header), fetch, start, end):
             yield block
     elif sealing.scheme == SENC2_PARTS:
         async for block in _open_parts(sealing, size, dek, fetch, start, end):
@@ -211,6 +211,32 @@ async def _plaintext(
             yield block
     else:
         raise TamperedError(f"unknown sealing scheme {sealing.scheme!r}")
+
+
+async def _open_single(
+    opener: Opener, fetch: Fetch, start: int, end: int
+) -> AsyncGenerator[bytes, None]:
+    """Plaintext ``start..end`` of a single SENC v2 stream whose header the metadata holds.
+
+    A read of the whole object fetches the stored header too (one request with no range,
+    which some backends serve much faster) and checks it is that header; other reads fetch
+    only the chunks that hold the range.
+    """
+    layout = opener.layout
+    if start >= layout.chunk_size or end < layout.plain_size - 1:
+        async for block in _open_range(opener, 0, fetch, start, end):
+            yield block
+        return
+    span = layout.plaintext_range(start, end)
+    header = opener.header.raw
+    raw, rest = await _split(await fetch(0, span.ciphertext_end), len(header))
+    if raw != header:
+        await close_source(rest)
+        raise TamperedError("the stored header is not the one the metadata holds")
+    async for block in open_stream(
+        rest, opener, span.first_chunk, span.last_chunk, span.skip, span.length
+    ):
+        yield block
 
 
 async def _open_range(
