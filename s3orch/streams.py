@@ -82,7 +82,7 @@ def read_ahead(source: AsyncIterator[bytes], high_water: int = DEFAULT_HIGH_WATE
     reach the reader after the blocks before them; closing the stream stops and closes
     ``source``.
     """
-    stream = PushStream(high_water)
+    stream = PushStream(high_water, coalesce=True)
     pump = _Pump(source, stream)
     stream.attach(pump)
     Deferred.fromCoroutine(pump.run())
@@ -152,7 +152,15 @@ class PushStream:
     chunk. Data fed after ``aclose`` is dropped.
     """
 
-    def __init__(self, high_water: int = DEFAULT_HIGH_WATER, low_water: int | None = None) -> None:
+    def __init__(
+        self,
+        high_water: int = DEFAULT_HIGH_WATER,
+        low_water: int | None = None,
+        coalesce: bool = False,
+    ) -> None:
+        """``coalesce``: a read returns everything queued as one block (fewer, larger
+        writes downstream, for sources that yield many small blocks)."""
+        self.coalesce = coalesce
         if high_water <= 0:
             raise ValueError("high_water must be positive")
         self.high_water = high_water
@@ -227,7 +235,11 @@ class PushStream:
                 raise RuntimeError("PushStream read concurrently")
             self._waiter = Deferred(self._cancel_waiter)
             await self._waiter
-        chunk = self._chunks.popleft()
+        if self.coalesce and len(self._chunks) > 1:
+            chunk = b"".join(self._chunks)
+            self._chunks.clear()
+        else:
+            chunk = self._chunks.popleft()
         self._buffered -= len(chunk)
         if self._paused and self._buffered <= self.low_water and not self._ended:
             self._paused = False
