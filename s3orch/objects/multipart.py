@@ -42,6 +42,10 @@ class InvalidPartOrder(ObjectError):
     """The parts of a Complete are not in ascending order."""
 
 
+class UploadNotSealed(ObjectError):
+    """A plaintext upload (begun while encryption was off) cannot take parts now that it is on."""
+
+
 class EntityTooSmall(ObjectError):
     """A part other than the last is smaller than 5 MiB."""
 
@@ -123,6 +127,9 @@ class MultipartUploads:
         sealed = None
         if upload.sealing is not None:
             sealed = await self.objects.encryption.seal_part(upload.sealing, part_number, size)
+        elif self.objects.encryption.seals:
+            # Its parts would reach the backend in plaintext while encryption is on.
+            raise UploadNotSealed(upload_id)
         stored = sealed.stored_size if sealed is not None else size
         try:
             await self.store.reserve_part(upload_id, stored, self._now())

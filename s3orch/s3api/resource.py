@@ -231,6 +231,10 @@ _CORE_ERRORS: dict[type[Exception], Callable[[Exception], S3Error]] = {
     core.KeyServiceUnavailable: lambda e: S3Error(
         "ServiceUnavailable", f"The encryption key service is unavailable: {e}"
     ),
+    multipart.UploadNotSealed: lambda e: S3Error(
+        "InvalidRequest",
+        "This multipart upload was started while encryption was off; start the upload again.",
+    ),
     multipart.NoSuchUpload: lambda e: S3Error(
         "NoSuchUpload",
         "The specified upload does not exist. The upload ID may be invalid, or the upload may"

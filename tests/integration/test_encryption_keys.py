@@ -293,3 +293,23 @@ def test_generated_key_file(servers: Servers, tmp_path: Path) -> None:
     assert path.read_bytes() == key
     assert boto_client(server.endpoint).get_object(Bucket="test", Key="k")["Body"].read() == body
     assert not any(MARKER in data for data in backend_bytes(tmp_path).values())
+
+
+def test_plaintext_upload_takes_no_parts_once_encryption_is_on(
+    servers: Servers, tmp_path: Path
+) -> None:
+    """An upload begun with encryption off is refused new parts after it is turned on, so
+    no part reaches a backend in plaintext; a new upload works and is sealed."""
+    server = servers.start(None)
+    s3 = boto_client(server.endpoint)
+    upload = s3.create_multipart_upload(Bucket="test", Key="late")["UploadId"]
+
+    server = servers.start({"enabled": True, "master_key": generate_key()})
+    s3 = boto_client(server.endpoint)
+    with pytest.raises(ClientError) as caught:
+        s3.upload_part(Bucket="test", Key="late", UploadId=upload, PartNumber=1, Body=MARKER)
+    assert caught.value.response["Error"]["Code"] == "InvalidRequest"
+    assert not any(MARKER in data for data in backend_bytes(tmp_path).values())
+    put_multipart(s3, "fresh", MARKER * 3)
+    assert s3.get_object(Bucket="test", Key="fresh")["Body"].read() == MARKER * 3
+    assert not any(MARKER in data for data in backend_bytes(tmp_path).values())
