@@ -300,12 +300,29 @@ async def start_job(
     Without, answer 202 ``{"id": ..., "status": "running"}`` at once.
     Closing the connection while waiting leaves the job running.
     """
+    job = await begin_job(runner, kind, params, lock_key)
+    return await job_answer(runner, job, wait, view)
+
+
+async def begin_job(
+    runner: JobRunner, kind: str, params: Mapping[str, Any], lock_key: str | None
+) -> Job:
+    """Start a job, or join the running one holding ``lock_key`` (whatever its kind)."""
     try:
-        job = await runner.start(kind, params, lock_key)
+        return await runner.start(kind, params, lock_key)
     except UnknownJobKind:
         raise AdminError(400, f"unknown job kind {kind!r}") from None
     except RunnerNotRunning:
         raise AdminError(503, "s3orch is starting or stopping; try again shortly") from None
+
+
+async def job_answer(
+    runner: JobRunner,
+    job: Job,
+    wait: bool = True,
+    view: Callable[[Job], Mapping[str, Any]] = job_view,
+) -> Answer:
+    """See ``start_job``: 202 at once, or the job's end as 200, 409 or 500."""
     if not wait:
         return 202, {"id": job.id, "status": "running"}
     ended = await runner.wait(job.id)

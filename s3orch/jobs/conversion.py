@@ -59,7 +59,7 @@ class Conversion:
             try:
                 await self.objects.rewrite(version, self.seal)
             except (ObjectError, BackendError, LengthMismatch) as e:
-                errors.append(f"{bucket}/{key}: {e}")
+                errors.append(f"{bucket}/{key}: {type(e).__name__}: {e}")
                 log.warn(
                     "could not convert {bucket}/{key}: {error}", bucket=bucket, key=key, error=e
                 )

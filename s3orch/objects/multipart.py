@@ -176,9 +176,14 @@ class MultipartUploads:
         size = sum(p.size for p in chosen)
         stored = sum(p.stored_size for p in chosen)
         sealing = None
+        read_as = None
         if upload.sealing is not None:
             segments = tuple(Segment(p.part_number, p.size, p.stored_size) for p in chosen)
-            sealing = evolve(upload.sealing, segments=segments)
+            # The new version's DEK is wrapped by today's primary key, so that a rotation
+            # which has already gone past the objects it walks cannot miss it.
+            read_as = upload.sealing.wrapped
+            wrapped = await self.objects.encryption.by_primary(read_as)
+            sealing = evolve(upload.sealing, wrapped=wrapped, segments=segments)
         await self.objects.backends[upload.backend].complete_multipart(
             upload.storage_key,
             upload.backend_upload_id,
@@ -198,7 +203,9 @@ class MultipartUploads:
             sealing=sealing,
         )
         try:
-            displaced = await self.store.complete_upload(upload_id, version, self._now())
+            displaced = await self.store.complete_upload(
+                upload_id, version, self._now(), read_as
+            )
         except UploadNotFound:
             # Aborted while completing: the abort's deletion removes the assembled bytes.
             raise NoSuchUpload(upload_id) from None

@@ -161,9 +161,19 @@ class Orchestrator:
             return False
         except BaseException:
             await self._abandon(copy)
+            if await self._replaced(version):
+                return False  # its bytes were deleted by the write that replaced it
             raise
         await self.remove(displaced)
         return True
+
+    async def _replaced(self, version: ObjectVersion) -> bool:
+        """Whether ``version`` is no longer the current version of its key."""
+        try:
+            current = await self.store.get(version.bucket, version.key)
+        except Exception:
+            return False
+        return current is None or current.version_id != version.version_id
 
     async def _check(self, bucket: str, key: str, precondition: Precondition) -> None:
         current = await self.store.get(bucket, key)

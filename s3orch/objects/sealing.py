@@ -114,13 +114,27 @@ class Encryption:
         if self.keys is None:
             raise RuntimeError("encryption has no master key")
         dek = new_dek()
+        return dek, await self._wrap(self.keys, dek)
+
+    async def _wrap(self, keys: IKeyProvider, dek: bytes) -> WrappedKey:
         try:
-            wrapped = await self.keys.wrap(dek)
+            wrapped = await keys.wrap(dek)
         except KeyProviderError as e:
             metrics.encryption_errors_total.labels("wrap", _error_type(e)).inc()
             raise KeyServiceUnavailable(f"the master key could not wrap a data key: {e}") from e
         metrics.encryption_operations_total.labels("wrap").inc()
-        return dek, wrapped
+        return wrapped
+
+    async def by_primary(self, wrapped: WrappedKey) -> WrappedKey:
+        """``wrapped``'s DEK wrapped by the primary key (``wrapped`` itself if it already is,
+        or if the primary cannot be told: then a rotation takes care of it)."""
+        keys = self.keys
+        if keys is None:
+            return wrapped
+        primary = [fp for fp, key_id in keys.key_ids().items() if key_id == keys.primary_id]
+        if not primary or wrapped.fingerprint in primary:
+            return wrapped
+        return await self._wrap(keys, await self.data_key(wrapped))
 
     # -- reading ------------------------------------------------------------------------------
 

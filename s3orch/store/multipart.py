@@ -361,7 +361,11 @@ class MultipartStore:
         return await self._db.run("list_uploads", txn, readonly=True)
 
     async def complete_upload(
-        self, upload_id: str, version: ObjectVersion, now: float
+        self,
+        upload_id: str,
+        version: ObjectVersion,
+        now: float,
+        read_as: WrappedKey | None = None,
     ) -> list[PendingDeletion]:
         """Remove the upload and commit ``version`` from its bytes, in one transaction.
 
@@ -372,6 +376,10 @@ class MultipartStore:
         ``MetadataStore.commit``; the displaced previous version's copies are
         returned as pending deletions. Raises ``UploadNotFound`` if the upload
         is gone or belongs to another bucket or key; nothing changes then.
+
+        A sealed version keeps the DEK wrapping it carries only if the upload's is still
+        ``read_as`` (the one it was made from); otherwise a rotation re-wrapped the upload's
+        DEK meanwhile, and that wrapping is committed instead.
         """
         if len(version.copies) != 1:
             raise ValueError(f"upload {upload_id!r}: a completed upload has exactly one copy")
@@ -390,9 +398,9 @@ class MultipartStore:
             cur.execute("DELETE FROM multipart_parts WHERE upload_id = ?", (upload_id,))
             cur.execute("DELETE FROM multipart_uploads WHERE upload_id = ?", (upload_id,))
             committed = version
-            if version.sealing is not None and upload.sealing is not None:
-                # The DEK as the database holds it now: a rotation may have re-wrapped it.
-                sealing = evolve(version.sealing, wrapped=upload.sealing.wrapped)
+            stored = upload.sealing.wrapped if upload.sealing is not None else None
+            if version.sealing is not None and stored is not None and stored != read_as:
+                sealing = evolve(version.sealing, wrapped=stored)
                 committed = evolve(version, sealing=sealing)
             return commit_version(cur, committed, at)
 

@@ -8,7 +8,6 @@ StubTreq-served fake and a Clock.
 from __future__ import annotations
 
 import base64
-import json
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar, cast
@@ -20,8 +19,6 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
-from twisted.web.resource import Resource
-from twisted.web.server import Request
 
 from s3orch.config import VaultConfig
 from s3orch.crypto.keys import (
@@ -38,6 +35,7 @@ from s3orch.crypto.vault import (
     ciphertext_version,
     read_token_file,
 )
+from s3orch.testing.fake_vault import CannedVault as FakeVault
 
 T = TypeVar("T")
 
@@ -45,50 +43,6 @@ TOKEN = "s.fake-token-0123456789"
 FINGERPRINT = "vault:transit/k"
 DEK = bytes(range(32))
 KEY_READ = {"data": {"name": "k", "latest_version": 1, "min_decryption_version": 1}}
-
-
-class FakeVault(Resource):
-    """Answers each request with the next scripted (status, body), recording what it got.
-
-    When the script runs out: key reads, encrypt and decrypt answer like Transit would.
-    """
-
-    isLeaf = True
-
-    def __init__(self, *script: tuple[int, dict[str, Any]]) -> None:
-        super().__init__()
-        self.script = list(script)
-        self.requests: list[dict[str, Any]] = []
-
-    def render(self, request: Request) -> bytes:
-        body = request.content.read() if request.content is not None else b""
-        path = request.path.decode()
-        self.requests.append(
-            {
-                "method": request.method.decode(),
-                "path": path,
-                "token": request.getHeader("X-Vault-Token"),
-                "namespace": request.getHeader("X-Vault-Namespace"),
-                "body": json.loads(body) if body else None,
-            }
-        )
-        if self.script:
-            status, answer = self.script.pop(0)
-        elif "/keys/" in path:
-            status, answer = 200, KEY_READ
-        elif "/encrypt/" in path:
-            status, answer = 200, {"data": {"ciphertext": "vault:v1:ZmFrZQ==", "key_version": 1}}
-        elif "/decrypt/" in path:
-            status, answer = 200, {"data": {"plaintext": base64.b64encode(DEK).decode()}}
-        else:
-            status, answer = 404, {"errors": []}
-        request.setResponseCode(status)
-        request.setHeader("Content-Type", "application/json")
-        return json.dumps(answer).encode()
-
-    @property
-    def paths(self) -> list[str]:
-        return [r["path"] for r in self.requests]
 
 
 class Driver:
