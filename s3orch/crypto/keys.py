@@ -205,8 +205,9 @@ def decode_key(text: str) -> bytes:
     return key
 
 
-def read_key_file(path: str) -> bytes:
-    """The 32 raw bytes of a key file, which nobody but its owner may read or write."""
+def read_private_file(path: str, limit: int) -> bytes:
+    """Up to ``limit`` + 1 bytes of a regular file nobody but its owner may read or write
+    (a key file, a Vault token file); KeyMaterialError saying what is wrong otherwise."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     except OSError as e:
@@ -221,9 +222,14 @@ def read_key_file(path: str) -> bytes:
                 f"is accessible by group or others (mode {mode:04o}); "
                 f"run chmod 600 on it (0600 or stricter)"
             )
-        data = os.read(fd, KEY_SIZE + 64)
+        return os.read(fd, limit + 1)
     finally:
         os.close(fd)
+
+
+def read_key_file(path: str) -> bytes:
+    """The 32 raw bytes of a key file, which nobody but its owner may read or write."""
+    data = read_private_file(path, KEY_SIZE + 63)
     if len(data) != KEY_SIZE:
         hint = ""
         try:

@@ -23,11 +23,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-import errno
 import json
-import os
 import re
-import stat
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, cast
 from urllib.parse import quote
@@ -54,6 +51,7 @@ from s3orch.crypto.keys import (
     KeyUnavailable,
     UnknownKey,
     WrappedKey,
+    read_private_file,
     vault_fingerprint,
 )
 
@@ -135,26 +133,7 @@ def ciphertext_version(blob: bytes) -> int:
 
 def read_token_file(path: str) -> str:
     """The token in ``path``, stripped; the file must be private to its owner (0600)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-    except OSError as e:
-        if e.errno == errno.ENOENT:
-            raise KeyMaterialError("does not exist") from None
-        if e.errno in (errno.EACCES, errno.EPERM):
-            raise KeyMaterialError("cannot be read: permission denied") from None
-        raise KeyMaterialError(f"cannot be read: {e.strerror or e}") from None
-    try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise KeyMaterialError("is not a regular file")
-        mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
-            raise KeyMaterialError(
-                f"is accessible by group or others (mode {mode:04o}); run chmod 600 on it"
-            )
-        data = os.read(fd, TOKEN_FILE_LIMIT + 1)
-    finally:
-        os.close(fd)
+    data = read_private_file(path, TOKEN_FILE_LIMIT)
     if len(data) > TOKEN_FILE_LIMIT:
         raise KeyMaterialError(f"is larger than {TOKEN_FILE_LIMIT} bytes: not a token")
     try:

@@ -116,6 +116,20 @@ def _merge_errors(kept: str, new: Sequence[str]) -> str:
     return json.dumps(errors[-KEPT_ERRORS:])
 
 
+def _held(cur: Cursor, job_id: str, owner: str) -> tuple[Any, ...]:
+    """The running job's (last_errors, cancel_requested), locked; LeaseLost unless ``owner``
+    holds it."""
+    cur.execute(
+        "SELECT last_errors, cancel_requested FROM jobs"
+        " WHERE id = ? AND owner = ? AND status = 'running'" + _for_update(cur),
+        (job_id, owner),
+    )
+    row = cur.fetchone()
+    if row is None:
+        raise LeaseLost(job_id)
+    return tuple(row)
+
+
 def _for_update(cur: Cursor) -> str:
     # SQLite's BEGIN IMMEDIATE already holds the only write lock.
     return " FOR UPDATE" if cur.dialect == "postgres" else ""
@@ -249,14 +263,7 @@ class JobStore:
         """
 
         def txn(cur: Cursor) -> bool:
-            cur.execute(
-                "SELECT last_errors, cancel_requested FROM jobs"
-                " WHERE id = ? AND owner = ? AND status = 'running'" + _for_update(cur),
-                (job_id, owner),
-            )
-            row = cur.fetchone()
-            if row is None:
-                raise LeaseLost(job_id)
+            row = _held(cur, job_id, owner)
             kept = _merge_errors(row[0], errors) if errors else row[0]
             cur.execute(
                 "UPDATE jobs SET cursor = ?, processed = processed + ?, failed = failed + ?,"
@@ -277,14 +284,7 @@ class JobStore:
         """
 
         def txn(cur: Cursor) -> bool:
-            cur.execute(
-                "SELECT last_errors, cancel_requested FROM jobs"
-                " WHERE id = ? AND owner = ? AND status = 'running'" + _for_update(cur),
-                (job_id, owner),
-            )
-            row = cur.fetchone()
-            if row is None:
-                raise LeaseLost(job_id)
+            row = _held(cur, job_id, owner)
             cur.execute(
                 "UPDATE jobs SET last_errors = ?, lease_until = ?, updated = ? WHERE id = ?",
                 (_merge_errors(row[0], errors), _micros(lease_until), _micros(now), job_id),

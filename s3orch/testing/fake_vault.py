@@ -56,6 +56,8 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
+from s3orch.testing.openbao import TransitAdmin
+
 Json = dict[str, Any]
 
 DEFAULT_ROOT_TOKEN: Final = "s3orch-test-root-token"
@@ -431,7 +433,11 @@ class _Token:
 # -- the resource ----------------------------------------------------------------------------
 
 
-class FakeVault(Resource):
+class FakeVaultError(Exception):
+    """A helper's request to the fake did not succeed."""
+
+
+class FakeVault(Resource, TransitAdmin):
     """A Vault Transit server in memory (see the module's docstring for what it imitates).
 
     ``script``: answers ``(status, body)`` for the next HTTP requests, before Transit's.
@@ -439,6 +445,8 @@ class FakeVault(Resource):
     """
 
     isLeaf = True
+
+    failure = FakeVaultError
 
     def __init__(
         self,
@@ -982,57 +990,8 @@ class FakeVault(Resource):
         parsed: Json = json.loads(json.dumps(answer))
         return status, parsed
 
-    def call(
-        self, method: str, path: str, body: Json | None = None, *, namespace: str = ""
-    ) -> Json:
-        """Like ``request`` with the root token, raising FakeVaultError unless it succeeded."""
-        status, parsed = self.request(method, path, body, namespace=namespace)
-        if status not in (200, 204):
-            raise FakeVaultError(f"{method} {path} answered {status}: {parsed.get('errors')}")
-        return parsed
-
-    def enable_transit(self, mount: str = "transit", namespace: str = "") -> None:
-        self.call("POST", f"sys/mounts/{mount}", {"type": "transit"}, namespace=namespace)
-
-    def create_key(self, name: str, mount: str = "transit", namespace: str = "") -> None:
-        self.call("POST", f"{mount}/keys/{name}", {}, namespace=namespace)
-
-    def rotate_key(self, name: str, mount: str = "transit") -> int:
-        """Add a key version; the new latest."""
-        self.call("POST", f"{mount}/keys/{name}/rotate", {})
-        return int(self.read_key(name, mount)["latest_version"])
-
-    def read_key(self, name: str, mount: str = "transit") -> Json:
-        data: Json = self.call("GET", f"{mount}/keys/{name}")["data"]
-        return data
-
-    def key_exists(self, name: str, mount: str = "transit") -> bool:
-        status, _ = self.request("GET", f"{mount}/keys/{name}")
-        return status == 200
-
-    def create_namespace(self, name: str) -> None:
-        self.call("POST", f"sys/namespaces/{name}", {})
-
-    def create_token(
-        self, ttl: str = "1h", renewable: bool = True, policies: tuple[str, ...] = ("root",)
-    ) -> str:
-        """A new child token of the root token."""
-        body = {"ttl": ttl, "renewable": renewable, "policies": list(policies)}
-        token: str = self.call("POST", "auth/token/create", body)["auth"]["client_token"]
-        return token
-
-    def revoke_token(self, token: str) -> None:
-        self.call("POST", "auth/token/revoke", {"token": token})
-
-    def seal(self) -> None:
-        self.call("PUT", "sys/seal")
-
     def unseal(self) -> None:
         self.call("PUT", "sys/unseal", {"key": self.unseal_key})
-
-
-class FakeVaultError(Exception):
-    """A helper's request to the fake did not succeed."""
 
 
 class CannedVault(FakeVault):

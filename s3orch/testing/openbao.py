@@ -62,9 +62,80 @@ def _free_port(host: str) -> int:
         return port
 
 
-class OpenBaoServer:
+class TransitAdmin:
+    """Setting up a Vault for a test, over its HTTP API: the same calls for the real OpenBao
+    (OpenBaoServer) and the fake (s3orch.testing.fake_vault), so tests set both up alike."""
+
+    failure: type[Exception] = Exception
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        token: str | bool = True,
+        namespace: str = "",
+    ) -> tuple[int, dict[str, Any]]:
+        """(status, JSON body) of ``method /v1/<path>``; ``token`` True sends the root token."""
+        raise NotImplementedError
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        namespace: str = "",
+    ) -> dict[str, Any]:
+        """Like ``request`` with the root token, raising OpenBaoError unless it succeeded."""
+        status, parsed = self.request(method, path, body, namespace=namespace)
+        if status not in (200, 204):
+            raise self.failure(f"{method} {path} answered {status}: {parsed.get('errors')}")
+        return parsed
+
+    def enable_transit(self, mount: str = "transit", namespace: str = "") -> None:
+        self.call("POST", f"sys/mounts/{mount}", {"type": "transit"}, namespace=namespace)
+
+    def create_key(self, name: str, mount: str = "transit", namespace: str = "") -> None:
+        self.call("POST", f"{mount}/keys/{name}", {}, namespace=namespace)
+
+    def rotate_key(self, name: str, mount: str = "transit") -> int:
+        """Add a key version (as ``bao write -f transit/keys/<name>/rotate``); the new latest."""
+        self.call("POST", f"{mount}/keys/{name}/rotate", {})
+        return int(self.read_key(name, mount)["latest_version"])
+
+    def read_key(self, name: str, mount: str = "transit") -> dict[str, Any]:
+        data: dict[str, Any] = self.call("GET", f"{mount}/keys/{name}")["data"]
+        return data
+
+    def key_exists(self, name: str, mount: str = "transit") -> bool:
+        status, _ = self.request("GET", f"{mount}/keys/{name}")
+        return status == 200
+
+    def create_namespace(self, name: str) -> None:
+        self.call("POST", f"sys/namespaces/{name}", {})
+
+    def create_token(
+        self, ttl: str = "1h", renewable: bool = True, policies: tuple[str, ...] = ("root",)
+    ) -> str:
+        """A new child token of the root token."""
+        body = {"ttl": ttl, "renewable": renewable, "policies": list(policies)}
+        token: str = self.call("POST", "auth/token/create", body)["auth"]["client_token"]
+        return token
+
+    def revoke_token(self, token: str) -> None:
+        self.call("POST", "auth/token/revoke", {"token": token})
+
+    def seal(self) -> None:
+        self.call("PUT", "sys/seal")
+
+
+class OpenBaoServer(TransitAdmin):
     """One ``bao server -dev`` process; ``tls`` makes it serve https with a generated CA
     (``ca_cert`` is its path)."""
+
+    failure = OpenBaoError
 
     def __init__(
         self,
@@ -229,56 +300,6 @@ class OpenBaoServer:
         except ValueError:
             parsed = {"raw": raw.decode("utf-8", "replace")}
         return response.status, parsed if isinstance(parsed, dict) else {"value": parsed}
-
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None = None,
-        *,
-        namespace: str = "",
-    ) -> dict[str, Any]:
-        """Like ``request`` with the root token, raising OpenBaoError unless it succeeded."""
-        status, parsed = self.request(method, path, body, namespace=namespace)
-        if status not in (200, 204):
-            raise OpenBaoError(f"{method} {path} answered {status}: {parsed.get('errors')}")
-        return parsed
-
-    def enable_transit(self, mount: str = "transit", namespace: str = "") -> None:
-        self.call("POST", f"sys/mounts/{mount}", {"type": "transit"}, namespace=namespace)
-
-    def create_key(self, name: str, mount: str = "transit", namespace: str = "") -> None:
-        self.call("POST", f"{mount}/keys/{name}", {}, namespace=namespace)
-
-    def rotate_key(self, name: str, mount: str = "transit") -> int:
-        """Add a key version (as ``bao write -f transit/keys/<name>/rotate``); the new latest."""
-        self.call("POST", f"{mount}/keys/{name}/rotate", {})
-        return int(self.read_key(name, mount)["latest_version"])
-
-    def read_key(self, name: str, mount: str = "transit") -> dict[str, Any]:
-        data: dict[str, Any] = self.call("GET", f"{mount}/keys/{name}")["data"]
-        return data
-
-    def key_exists(self, name: str, mount: str = "transit") -> bool:
-        status, _ = self.request("GET", f"{mount}/keys/{name}")
-        return status == 200
-
-    def create_namespace(self, name: str) -> None:
-        self.call("POST", f"sys/namespaces/{name}", {})
-
-    def create_token(
-        self, ttl: str = "1h", renewable: bool = True, policies: tuple[str, ...] = ("root",)
-    ) -> str:
-        """A new child token of the root token."""
-        body = {"ttl": ttl, "renewable": renewable, "policies": list(policies)}
-        token: str = self.call("POST", "auth/token/create", body)["auth"]["client_token"]
-        return token
-
-    def revoke_token(self, token: str) -> None:
-        self.call("POST", "auth/token/revoke", {"token": token})
-
-    def seal(self) -> None:
-        self.call("PUT", "sys/seal")
 
     def unseal(self) -> None:
         """Unseal with the single key the dev server printed at startup."""
