@@ -70,7 +70,7 @@ class Unreachable(Exception):
         self.reason = reason
 
 
-class _UsageError(Exception):
+class UsageError(Exception):
     """The command line cannot work: exit 2."""
 
 
@@ -306,14 +306,15 @@ def _is_tty(stream: TextIO) -> bool:
 Command = Callable[[AdminClient, argparse.Namespace, Streams], int]
 
 
-def _client(args: argparse.Namespace) -> AdminClient:
+def client_from_args(args: argparse.Namespace) -> AdminClient:
+    """The client that ``--url``/``--token`` (or their environment variables) name."""
     url: str = (args.url or os.environ.get(URL_VARIABLE) or DEFAULT_URL).rstrip("/")
     parsed = urllib.parse.urlsplit(url)
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise _UsageError(f"--url must be an http:// or https:// URL, not {url!r}")
+        raise UsageError(f"--url must be an http:// or https:// URL, not {url!r}")
     token: str = args.token or os.environ.get(TOKEN_VARIABLE) or ""
     if not token:
-        raise _UsageError(
+        raise UsageError(
             f"an admin token is required: set {TOKEN_VARIABLE} (or pass --token); "
             "it is admin.token in the server's configuration"
         )
@@ -325,8 +326,8 @@ def _command(command: Command) -> Run:
 
     def run(args: argparse.Namespace, streams: Streams) -> int:
         try:
-            client = _client(args)
-        except _UsageError as e:
+            client = client_from_args(args)
+        except UsageError as e:
             streams.complain(f"s3orch admin: error: {e}")
             return 2
         try:
@@ -500,14 +501,8 @@ _FOLLOWS = (
 )
 
 
-def add_parser(subparsers: _SubParsers) -> None:
-    """``s3orch admin`` and its commands."""
-    parser = subparsers.add_parser(
-        "admin",
-        help="drive the admin API of a running s3orch",
-        description="Call the admin API (/admin/api/) of a running s3orch: key rotation, "
-        "encrypting or decrypting existing objects, and the jobs that run them.",
-    )
+def add_connection_options(parser: argparse.ArgumentParser) -> None:
+    """``--url`` and ``--token``, read by ``client_from_args``."""
     parser.add_argument(
         "--url",
         help=f"s3orch's address (default: ${URL_VARIABLE}, else {DEFAULT_URL})",
@@ -517,6 +512,17 @@ def add_parser(subparsers: _SubParsers) -> None:
         help=f"the admin token (default: ${TOKEN_VARIABLE}; prefer it: arguments are "
         "visible to other users of the machine)",
     )
+
+
+def add_parser(subparsers: _SubParsers) -> None:
+    """``s3orch admin`` and its commands."""
+    parser = subparsers.add_parser(
+        "admin",
+        help="drive the admin API of a running s3orch",
+        description="Call the admin API (/admin/api/) of a running s3orch: key rotation, "
+        "encrypting or decrypting existing objects, and the jobs that run them.",
+    )
+    add_connection_options(parser)
     parser.set_defaults(run=partial(_missing_command, parser))
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
 

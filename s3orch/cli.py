@@ -23,6 +23,8 @@ from s3orch.config import (
     Config,
     ConfigError,
     EncryptionConfig,
+    KeyringConfig,
+    VaultConfig,
     format_size,
     load_config,
 )
@@ -175,21 +177,66 @@ def _describe_encryption(encryption: EncryptionConfig) -> str:
     primary = encryption.primary_key_id
     if primary is None:
         return "on" if encryption.enabled else "off"
-    if encryption.vault is not None:
-        vault = encryption.vault
-        source = f"Vault Transit {vault.mount_path}/{vault.key_name} at {vault.address}"
+    if encryption.keyring is not None and not encryption.keyring.decrypt_only:
+        return _describe_keyring(encryption, encryption.keyring)
+    if encryption.vault is not None and not encryption.vault.decrypt_only:
+        source = _vault_name(encryption.vault)
     elif encryption.master_key_file:
         source = encryption.master_key_file
         if encryption.generate_key_file:
             source += " (created on first start if missing)"
     else:
         source = "master_key"
-    previous = ", ".join(encryption.previous_key_ids) or "none"
+    previous = ", ".join(_decrypt_only_keys(encryption)) or "none"
+    return f"{_state(encryption)} key {primary} ({source}); decrypt-only keys: {previous}"
+
+
+def _state(encryption: EncryptionConfig) -> str:
     if encryption.enabled:
-        state = f"on, chunk {format_size(encryption.chunk_size)}, new objects use"
+        return f"on, chunk {format_size(encryption.chunk_size)}, new objects use"
+    return "off for new objects; existing ones decrypt with"
+
+
+def _vault_name(vault: VaultConfig) -> str:
+    return f"Vault Transit {vault.mount_path}/{vault.key_name} at {vault.address}"
+
+
+def _describe_keyring(encryption: EncryptionConfig, keyring: KeyringConfig) -> str:
+    """The keyring, what unseals it, its rotation policy and the decrypt-only keys."""
+    vault = encryption.vault
+    if keyring.seal == "shamir":
+        seal = "unsealed with key shares: s3orch operator unseal"
+    elif encryption.master_key is not None:
+        seal = "unsealed automatically by master_key"
+    elif encryption.master_key_file:
+        seal = f"unsealed automatically by {encryption.master_key_file}"
     else:
-        state = "off for new objects; existing ones decrypt with"
-    return f"{state} key {primary} ({source}); decrypt-only keys: {previous}"
+        seal = f"unsealed automatically by {_vault_name(vault) if vault else '?'}"
+    rotation = keyring.rotation
+    if rotation is None:
+        policy = "as stored in the keyring (operator API rotate/config)"
+    elif not rotation.enabled:
+        policy = "off"
+    else:
+        policy = f"after {rotation.max_operations:,} data keys"
+        if rotation.interval:
+            policy += f" or every {rotation.interval / 3600:g}h"
+    decrypt_only = ", ".join(_decrypt_only_keys(encryption)) or "none"
+    return (
+        f"{_state(encryption)} key keyring-<term> (s3orch's keyring, {seal}); "
+        f"automatic rotation: {policy}; decrypt-only keys: {decrypt_only}"
+    )
+
+
+def _decrypt_only_keys(encryption: EncryptionConfig) -> list[str]:
+    """The keys that only unwrap what they wrapped."""
+    keys = list(encryption.previous_key_ids)
+    vault, keyring = encryption.vault, encryption.keyring
+    if vault is not None and vault.decrypt_only:
+        keys.append(f"{vault.key_name} ({_vault_name(vault)})")
+    if keyring is not None and keyring.decrypt_only:
+        keys.append("keyring-<term> (s3orch's keyring, unsealed with key shares)")
+    return keys
 
 
 def _describe_bucket(bucket: BucketConfig) -> str:
@@ -227,7 +274,18 @@ def _add_admin(subparsers: _SubParsers) -> None:
     add_parser(subparsers)
 
 
-_SUBCOMMANDS: tuple[Callable[[_SubParsers], None], ...] = (_add_validate, _add_keygen, _add_admin)
+def _add_operator(subparsers: _SubParsers) -> None:
+    from s3orch.operator_cli import add_parser
+
+    add_parser(subparsers)
+
+
+_SUBCOMMANDS: tuple[Callable[[_SubParsers], None], ...] = (
+    _add_validate,
+    _add_keygen,
+    _add_admin,
+    _add_operator,
+)
 
 
 if __name__ == "__main__":

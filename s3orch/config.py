@@ -31,6 +31,13 @@ import yaml
 from attrs import field, frozen
 
 from s3orch.crypto.envelope import DEFAULT_CHUNK_SIZE, check_chunk_size
+from s3orch.crypto.keyring import (
+    DEFAULT_MAX_OPERATIONS,
+    KEY_ID_PREFIX,
+    MIN_MAX_OPERATIONS,
+    MIN_ROTATION_INTERVAL,
+    RotationConfig,
+)
 from s3orch.crypto.keys import KeyMaterialError, decode_key, fingerprint, read_key_file
 
 KiB: Final = 1024
@@ -178,6 +185,27 @@ class VaultConfig:
     """Vault only unwraps what it wrapped (moving away from Vault); another source wraps."""
 
 
+SEAL_TYPES: Final = ("shamir", "auto")
+
+
+@frozen
+class KeyringConfig:
+    """s3orch's own keyring as the key that wraps new DEKs (``keyring-<term>``).
+
+    ``seal`` says what opens it after a start: Shamir key shares (``s3orch operator unseal``),
+    or ``auto``: the configured master_key, master_key_file or Vault key, which then seals
+    the keyring's root key and wraps no DEK. ``rotation``, when given, is the automatic
+    rotation policy and is stored into the keyring at every unseal; when absent the policy
+    stored in the keyring applies (Vault's defaults, or what ``POST rotate/config`` set).
+    """
+
+    seal: str = "shamir"
+    rotation: RotationConfig | None = None
+    decrypt_only: bool = False
+    """The keyring only unwraps what it wrapped (moving away from it: master_key,
+    master_key_file or vault wraps new DEKs); it is still unsealed with its key shares."""
+
+
 @frozen
 class EncryptionConfig:
     """Envelope encryption. Keys are decoded and checked at load; ``master_key_file`` is
@@ -191,10 +219,14 @@ class EncryptionConfig:
     generate_key_file: bool = False
     previous_keys: tuple[bytes, ...] = field(default=(), repr=False)
     vault: VaultConfig | None = None
+    keyring: KeyringConfig | None = None
 
     @property
     def primary_key_id(self) -> str | None:
-        """The operator-facing id new DEKs are wrapped with, None without a key."""
+        """The operator-facing id new DEKs are wrapped with, None without a key. With the
+        keyring it is ``keyring-<term>``: the term is known only once unsealed."""
+        if self.keyring is not None and not self.keyring.decrypt_only:
+            return KEY_ID_PREFIX + "<term>"
         if self.master_key is not None:
             return "config-0"
         if self.master_key_file:
@@ -1018,6 +1050,8 @@ def _read_encryption(section: _Section | None) -> EncryptionConfig:
         section.problem("generate_key_file", "only used with master_key_file")
     vault = _read_vault(section) if section.has("vault") else None
     previous = _read_previous_keys(section, seen)
+    # A bare ``keyring:`` (null) turns the keyring on with its defaults.
+    keyring = _read_keyring(section) if "keyring" in section.node else None
 
     vault_wraps = vault is None or not vault.decrypt_only
     present = (has_master_key, bool(key_file), section.has("vault") and vault_wraps)
@@ -1027,12 +1061,19 @@ def _read_encryption(section: _Section | None) -> EncryptionConfig:
             section.path,
             f"give only one of master_key, master_key_file or vault, not {' and '.join(sources)}",
         )
+    elif keyring is not None and not keyring.decrypt_only:
+        _check_keyring_sources(section, keyring, sources)
+    elif not sources and keyring is not None:
+        section.problem(
+            "keyring.decrypt_only",
+            "a decrypt-only keyring needs a primary key: master_key, master_key_file or vault",
+        )
     elif not sources and enabled:
-        section.problem("enabled", "needs a key: master_key, master_key_file or vault")
+        section.problem("enabled", "needs a key: master_key, master_key_file, vault or keyring")
     elif not sources and section.has("previous_keys"):
         section.problem(
             "previous_keys",
-            "decrypt-only keys need a primary key: master_key, master_key_file or vault",
+            "decrypt-only keys need a primary key: master_key, master_key_file, vault or keyring",
         )
     return EncryptionConfig(
         enabled=default.enabled if enabled is None else enabled,
@@ -1042,7 +1083,81 @@ def _read_encryption(section: _Section | None) -> EncryptionConfig:
         generate_key_file=bool(generate),
         previous_keys=tuple(previous),
         vault=vault,
+        keyring=keyring,
     )
+
+
+def _check_keyring_sources(section: _Section, keyring: KeyringConfig, sources: list[str]) -> None:
+    """With the keyring, the one other key source (if any) is its auto-unseal key."""
+    if keyring.seal == "auto":
+        if not sources:
+            section.problem(
+                "keyring.seal",
+                "auto needs the key that unseals the keyring: master_key, master_key_file or vault",
+            )
+        return
+    for source in sources:
+        if source == "vault":
+            section.problem(
+                "vault",
+                "with keyring.seal: shamir the keyring wraps new data keys; Vault can only "
+                "be kept decrypt_only: true (to read what it wrapped), or be the auto-unseal "
+                "key with keyring.seal: auto",
+            )
+        else:
+            section.problem(
+                source,
+                "with keyring.seal: shamir the keyring wraps new data keys; move this key to "
+                "previous_keys to read what it wrapped, or make it the auto-unseal key with "
+                "keyring.seal: auto",
+            )
+
+
+def _read_keyring(section: _Section) -> KeyringConfig | None:
+    keyring = section.mapping("keyring", _field_names(KeyringConfig))
+    if keyring is None:
+        return None
+    default = KeyringConfig()
+    seal = keyring.choice("seal", SEAL_TYPES, default=default.seal)
+    rotation = None
+    if keyring.has("rotation"):
+        rotation = _read_rotation(keyring.mapping("rotation", _ROTATION_FIELDS))
+    decrypt_only = bool(keyring.boolean("decrypt_only", default.decrypt_only))
+    if decrypt_only and seal == "auto":
+        keyring.problem(
+            "seal", "a decrypt-only keyring is unsealed with its key shares: use shamir"
+        )
+    if decrypt_only and keyring.has("rotation"):
+        keyring.problem("rotation", "a decrypt-only keyring wraps nothing: it is not rotated")
+    return KeyringConfig(seal=seal or default.seal, rotation=rotation, decrypt_only=decrypt_only)
+
+
+_ROTATION_FIELDS: Final = ("max_operations", "interval", "enabled")
+
+
+def _read_rotation(section: _Section | None) -> RotationConfig | None:
+    """Vault's ``sys/rotate/config`` bounds: max_operations in [10^6, 0.9*2^32], interval
+    0 (off) or at least 24h."""
+    if section is None:
+        return None
+    max_operations = section.integer(
+        "max_operations", DEFAULT_MAX_OPERATIONS, MIN_MAX_OPERATIONS, DEFAULT_MAX_OPERATIONS
+    )
+    interval: float | None = 0.0
+    if section.has("interval"):
+        try:
+            interval = parse_duration(section.value("interval"))
+        except ValueError:
+            section.problem("interval", "must be a duration such as '24h' or '720h', or 0")
+            interval = None
+        else:
+            if interval != 0 and not interval >= MIN_ROTATION_INTERVAL:
+                section.problem("interval", "must be at least 24h, or 0 for no time-based rotation")
+                interval = None
+    enabled = section.boolean("enabled", True)
+    if max_operations is None or interval is None or enabled is None:
+        return None
+    return RotationConfig(max_operations, interval, enabled)
 
 
 def _read_key_text(

@@ -119,3 +119,13 @@ job_batch_errors_total = Counter(
     ["kind"],
     registry=REGISTRY,
 )
+seal_sealed = Gauge(
+    "s3o_seal_sealed",
+    "1 while s3orch's keyring is sealed (requests that need a key get 503), else 0.",
+    registry=REGISTRY,
+)
+keyring_active_term = Gauge(
+    "s3o_keyring_active_term",
+    "The keyring's active key term (new data keys are wrapped as keyring-<term>).",
+    registry=REGISTRY,
+)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import signal
 import threading
 from functools import partial
+from importlib import metadata
 from typing import Any
 
+from attrs import evolve, frozen
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -16,6 +18,7 @@ from twisted.python.threadpool import ThreadPool
 
 from s3orch import metrics
 from s3orch.admin.encryption import EncryptionOperations
+from s3orch.admin.operator import SealOperations
 from s3orch.admin.resource import AdminResource, job_routes
 from s3orch.backends.interface import IBackend
 from s3orch.backends.local import LocalBackend
@@ -23,10 +26,13 @@ from s3orch.backends.metered import MeteredBackend
 from s3orch.backends.s3 import S3Backend, make_http_client
 from s3orch.config import BackendConfig, Config, ConfigError, EncryptionConfig, load_config
 from s3orch.crypto.combined import CombinedKeys
+from s3orch.crypto.keyring import KeyringKeys, parse_fingerprint_term
 from s3orch.crypto.keys import IKeyProvider, KeyMaterialError, LocalKeys, create_key_file
+from s3orch.crypto.seal import Seal
 from s3orch.crypto.vault import VaultTransitKeys
 from s3orch.jobs import conversion, rotation
 from s3orch.jobs.runner import JobRunner
+from s3orch.keyring_upkeep import KeyringUpkeep
 from s3orch.loops import PeriodicService
 from s3orch.metrics import REGISTRY
 from s3orch.objects.multipart import MultipartUploads
@@ -41,6 +47,7 @@ from s3orch.store.deks import DekStore
 from s3orch.store.jobs import JobStore
 from s3orch.store.multipart import MultipartStore
 from s3orch.store.objects import MetadataStore
+from s3orch.store.seal import DatabaseSealStore, WrapCounts
 
 log = Logger()
 
@@ -52,6 +59,12 @@ STALE_UPLOAD_INTERVAL = 600.0
 IDLE_CONNECTION_TIMEOUT = 300.0
 # An upload still unfinished after this long belonged to a process that died.
 UPLOAD_TIMEOUT = 6 * 3600.0
+# What job views also call their processed count, per job kind.
+JOB_COUNT_NAMES = {
+    rotation.KIND: "rotated",
+    conversion.ENCRYPT: "converted",
+    conversion.DECRYPT: "converted",
+}
 # aws-chunked framing adds a little to the raw body; allow for it before refusing.
 FRAMING_ALLOWANCE = 1.02
 
@@ -74,6 +87,20 @@ class S3OrchService(MultiService):
             b.name: MeteredBackend(self._backend(b), reactor) for b in config.backends
         }
         self.vault: VaultTransitKeys | None = None
+        # s3orch's own keyring (encryption.keyring): it comes up sealed.
+        self.seal: Seal | None = None
+        self.keyring: KeyringUpkeep | None = None
+        keyring_config = config.encryption.keyring
+        if keyring_config is not None:
+            self.seal = Seal(DatabaseSealStore(self.db, reactor.seconds))
+            self.keyring = KeyringUpkeep(
+                self.seal,
+                WrapCounts(self.db),
+                reactor,
+                keyring_config.rotation,
+                self._check_keys,
+                wraps=not keyring_config.decrypt_only,
+            )
         self.encryption = self._encryption(config.encryption)
         self.orchestrator = Orchestrator(
             self.store, backends, config.routing_strategy, reactor, self.encryption
@@ -98,10 +125,17 @@ class S3OrchService(MultiService):
         )
         self.jobs.register(conversion.ENCRYPT, conversion.Conversion(self.orchestrator, True))
         self.jobs.register(conversion.DECRYPT, conversion.Conversion(self.orchestrator, False))
+        seal_operations = SealOperations(
+            self.keyring,
+            reactor,
+            storage_type=self.db.dialect,
+            version=_version(),
+        )
         admin = AdminResource(
             config.admin.token,
-            job_routes(self.jobs, {rotation.KIND: "rotated"})
-            + EncryptionOperations(self.jobs, self.encryption).routes(),
+            job_routes(self.jobs, JOB_COUNT_NAMES)
+            + EncryptionOperations(self.jobs, self.encryption).routes()
+            + seal_operations.routes(),
         )
         s3 = S3Resource(self.context)
         root = Root(
@@ -125,8 +159,11 @@ class S3OrchService(MultiService):
         )
 
     def _encryption(self, config: EncryptionConfig) -> Encryption:
-        keys, self.vault = key_provider(config, self.reactor)
-        return Encryption(keys, config.enabled, config.chunk_size)
+        sources = key_sources(config, self.reactor, self.seal.keys if self.seal else None)
+        self.vault = sources.vault
+        if self.seal is not None:
+            self.seal.auto_unseal = sources.auto_unseal
+        return Encryption(sources.keys, config.enabled, config.chunk_size)
 
     def reload(self) -> Deferred[None]:
         """Read the configuration file again and switch to its encryption keys (SIGHUP).
@@ -142,7 +179,11 @@ class S3OrchService(MultiService):
         path = self.config_path
         try:
             config = await deferToThreadPool(self.reactor, self.file_pool, load_config, path)
-            keys, vault = key_provider(config.encryption, self.reactor)
+            if (config.encryption.keyring is None) != (self.seal is None):
+                raise ValueError("turning encryption.keyring on or off needs a restart")
+            sources = key_sources(
+                config.encryption, self.reactor, self.seal.keys if self.seal else None
+            )
         except (ConfigError, KeyMaterialError, ValueError, OSError) as e:
             detail = "; ".join(e.errors) if isinstance(e, ConfigError) else str(e)
             log.error(
@@ -151,11 +192,19 @@ class S3OrchService(MultiService):
                 detail=detail,
             )
             return
-        old_vault, self.vault = self.vault, vault
+        old_vault, self.vault = self.vault, sources.vault
         encryption = config.encryption
+        keys = sources.keys
         self.encryption.keys = keys
         self.encryption.enabled = encryption.enabled
         self.encryption.chunk_size = encryption.chunk_size
+        if self.seal is not None and self.keyring is not None:
+            self.seal.auto_unseal = sources.auto_unseal
+            self.keyring.rotation = encryption.keyring.rotation if encryption.keyring else None
+            self.keyring.wraps = (
+                encryption.keyring is not None and not encryption.keyring.decrypt_only
+            )
+            await self.keyring.apply_rotation()
         if old_vault is not None:
             await old_vault.close()
         log.info(
@@ -210,6 +259,8 @@ class S3OrchService(MultiService):
             # One process owns a SQLite file: any upload still marked in flight died with us.
             await self.store.expire_uploads(self.reactor.seconds() + 1)
         await self.orchestrator.usage()
+        if self.keyring is not None:
+            await self.keyring.start()
         await self._check_keys()
         self.jobs.setServiceParent(self)
         self.context.ready = True
@@ -218,6 +269,7 @@ class S3OrchService(MultiService):
             PeriodicService("cleanup", CLEANUP_INTERVAL, self._cleanup, self.reactor),
             PeriodicService("usage", USAGE_INTERVAL, self.orchestrator.usage, self.reactor, False),
             *self._vault_loops(),
+            *(self.keyring.loops() if self.keyring is not None else ()),
             PeriodicService(
                 "stale-uploads",
                 min(STALE_UPLOAD_INTERVAL, self.config.server.multipart_max_age / 4),
@@ -246,7 +298,12 @@ class S3OrchService(MultiService):
         missing: dict[str, tuple[str, int]] = {}
         for (key_id, fingerprint), count in sorted(counts.items()):
             # SENC v1 DEKs are named by position; the local keys open them by trial.
-            if fingerprint in configured or fingerprint.startswith("senc1:"):
+            # A sealed keyring lists no terms: its DEKs are checked once it is unsealed.
+            if (
+                fingerprint in configured
+                or fingerprint.startswith("senc1:")
+                or self._sealed_term(fingerprint)
+            ):
                 metrics.encryption_deks.labels(configured.get(fingerprint, key_id)).inc(count)
                 continue
             # An id is a position in the configuration: another key may hold it now.
@@ -254,6 +311,13 @@ class S3OrchService(MultiService):
             previous = missing.get(fingerprint, (key_id, 0))
             missing[fingerprint] = (previous[0], previous[1] + count)
         return missing
+
+    def _sealed_term(self, fingerprint: str) -> bool:
+        return (
+            self.seal is not None
+            and self.seal.sealed
+            and parse_fingerprint_term(fingerprint) is not None
+        )
 
     async def _check_keys(self) -> None:
         for fingerprint, (key_id, count) in (await self._count_deks()).items():
@@ -279,7 +343,8 @@ class S3OrchService(MultiService):
             await self.db.run("health", lambda cur: cur.execute("SELECT 1"))
         except Exception as e:
             return {"status": "degraded", "database": f"error: {type(e).__name__}"}
-        return {"status": "ok", "database": "ok"}
+        sealed = self.seal is not None and self.seal.sealed
+        return {"status": "ok", "database": "ok", "sealed": sealed}
 
     def stopService(self) -> Deferred[None]:
         d: Deferred[None] = Deferred.fromCoroutine(self._stop())
@@ -288,6 +353,11 @@ class S3OrchService(MultiService):
     async def _stop(self) -> None:
         self.context.ready = False
         await super().stopService()
+        if self.keyring is not None:
+            try:
+                await self.keyring.flush()
+            except Exception:
+                log.failure("could not store the last keyring wrap counts")
         if self.vault is not None:
             await self.vault.close()
         self.db.close()
@@ -295,12 +365,25 @@ class S3OrchService(MultiService):
         self.file_pool.stop()
 
 
-def key_provider(
-    config: EncryptionConfig, reactor: Any
-) -> tuple[IKeyProvider | None, VaultTransitKeys | None]:
-    """The master keys the configuration names (and the Vault provider among them, if any).
+@frozen
+class KeySources:
+    """The master keys a configuration names, as the service uses them."""
 
-    Creates the default key file if the configuration asks for it.
+    keys: IKeyProvider | None
+    """Wraps new DEKs with its primary and unwraps every DEK it knows; None: no key."""
+    vault: VaultTransitKeys | None
+    """The Vault Transit provider among them (or the keyring's auto-unseal key), if any."""
+    auto_unseal: IKeyProvider | None = None
+    """The key that seals the keyring's root key (``keyring.seal: auto``)."""
+
+
+def key_sources(config: EncryptionConfig, reactor: Any, keyring: KeyringKeys | None) -> KeySources:
+    """The master keys the configuration names; ``keyring`` is the seal's key provider when
+    encryption.keyring is configured.
+
+    With the keyring, the keyring wraps; previous_keys and a ``decrypt_only`` Vault only
+    unwrap what they wrapped; with ``seal: auto`` the master key (or Vault key) seals the
+    keyring's root key and wraps no DEK. Creates the default key file if asked to.
     """
     generate = config.master_key_file and config.generate_key_file
     if generate and create_key_file(config.master_key_file):
@@ -311,19 +394,48 @@ def key_provider(
             path=config.master_key_file,
         )
     vault = VaultTransitKeys.from_config(config.vault, reactor) if config.vault else None
-    keys: IKeyProvider | None = None
-    if config.master_key is not None or config.master_key_file:
-        keys = LocalKeys.from_config(config)
-        if vault is not None:  # decrypt-only: moving away from Vault
-            keys = CombinedKeys(keys, [vault])
-    elif vault is not None:
-        keys = vault
-        if config.previous_keys:
-            previous = LocalKeys(
-                list(zip(config.previous_key_ids, config.previous_keys, strict=True))
-            )
-            keys = CombinedKeys(vault, [previous])
-    return keys, vault
+    previous = (
+        LocalKeys(list(zip(config.previous_key_ids, config.previous_keys, strict=True)))
+        if config.previous_keys
+        else None
+    )
+    has_local = config.master_key is not None or bool(config.master_key_file)
+    if config.keyring is not None and keyring is None:
+        raise ValueError("encryption.keyring is configured but there is no keyring")
+    wrapper: IKeyProvider | None = None
+    extras: list[IKeyProvider] = []
+    auto_unseal: IKeyProvider | None = None
+    if config.keyring is not None and not config.keyring.decrypt_only:
+        assert keyring is not None
+        wrapper = keyring
+        extras = [previous] if previous is not None else []
+        if vault is not None and config.vault is not None and config.vault.decrypt_only:
+            extras.append(vault)
+        if config.keyring.seal == "auto":
+            # Only the primary: previous_keys stay decrypt-only keys of DEKs.
+            primary_only = evolve(config, previous_keys=())
+            auto_unseal = LocalKeys.from_config(primary_only) if has_local else vault
+    else:
+        if has_local:
+            wrapper = LocalKeys.from_config(config)
+            if vault is not None:  # decrypt-only: moving away from Vault
+                extras.append(vault)
+        elif vault is not None:
+            wrapper = vault
+            if previous is not None:
+                extras.append(previous)
+        if keyring is not None:  # a decrypt-only keyring: moving away from it
+            extras.append(keyring)
+    if wrapper is not None and extras:
+        wrapper = CombinedKeys(wrapper, extras)
+    return KeySources(wrapper, vault, auto_unseal)
+
+
+def _version() -> str:
+    try:
+        return metadata.version("s3orch")
+    except metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _database(config: Config) -> Database:

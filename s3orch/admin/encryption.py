@@ -15,7 +15,9 @@ from s3orch.admin.resource import (
     Answer,
     Call,
     Route,
+    begin_job,
     counters_view,
+    job_answer,
     start_job,
     wait_requested,
 )
@@ -43,6 +45,10 @@ class EncryptionOperations:
         keys = self.encryption.keys
         if keys is None:
             raise AdminError(409, "encryption has no master key configured")
+        if keys.primary_id not in keys.key_ids().values():  # a sealed keyring lists no key
+            raise AdminError(
+                503, f"the primary key {keys.primary_id} is unavailable: is s3orch sealed?"
+            )
         return await start_job(
             self.jobs,
             rotation.KIND,
@@ -62,19 +68,7 @@ class EncryptionOperations:
 
     async def _convert(self, kind: str, call: Call) -> Answer:
         wait = wait_requested(call.body)
-        answer = await start_job(
-            self.jobs,
-            kind,
-            {},
-            lock_key=conversion.LOCK_KEY,
-            wait=False,
-            view=counters_view("converted"),
-        )
-        job = await self.jobs.get(str(answer[1]["id"]))
+        job = await begin_job(self.jobs, kind, {}, conversion.LOCK_KEY)
         if job.kind != kind:
             raise AdminError(409, f"a {job.kind} job ({job.id}) is running; cancel it first")
-        if not wait:
-            return answer
-        return await start_job(
-            self.jobs, kind, {}, lock_key=conversion.LOCK_KEY, view=counters_view("converted")
-        )
+        return await job_answer(self.jobs, job, wait, counters_view("converted"))

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 from zope.interface import implementer
 
 from s3orch.crypto.keys import (
-    SENC1_FINGERPRINT_PREFIX,
     IKeyProvider,
+    KeyUnavailable,
     UnknownKey,
     WrappedKey,
 )
@@ -27,6 +27,12 @@ class CombinedKeys:
     system wrapped name their key only by position (``senc1:`` fingerprints), so those go to
     each provider in turn, which identifies its keys by authentication (``LocalKeys``) or
     refuses with ``UnknownKey``.
+
+    A provider's keys may change after construction (the keyring gains a term when rotated
+    and lists none while sealed), so a fingerprint not listed then is offered to each provider,
+    which opens it if it is its own and refuses it otherwise: a sealed keyring answers
+    ``Sealed`` (raised if no other provider has the key), one that meets a term made by
+    another instance reloads first. ``key_ids`` is read live.
     """
 
     def __init__(self, primary: IKeyProvider, others: Sequence[IKeyProvider] = ()) -> None:
@@ -44,7 +50,6 @@ class CombinedKeys:
                 by_fingerprint[key_fingerprint] = provider
                 ids[key_fingerprint] = key_id
         self._by_fingerprint = by_fingerprint
-        self._ids = ids
 
     @property
     def primary_id(self) -> str:
@@ -55,7 +60,11 @@ class CombinedKeys:
         return f"<CombinedKeys {' + '.join(repr(p) for p in self.providers)}>"
 
     def key_ids(self) -> dict[str, str]:
-        return dict(self._ids)
+        ids: dict[str, str] = {}
+        for provider in self.providers:
+            for key_fingerprint, key_id in provider.key_ids().items():
+                ids.setdefault(key_fingerprint, key_id)
+        return ids
 
     async def wrap(self, dek: bytes) -> WrappedKey:
         return await self.primary.wrap(dek)
@@ -64,15 +73,21 @@ class CombinedKeys:
         provider = self._by_fingerprint.get(wrapped.fingerprint)
         if provider is not None:
             return await provider.unwrap(wrapped)
-        if wrapped.fingerprint.startswith(SENC1_FINGERPRINT_PREFIX):
-            for candidate in self.providers:
-                try:
-                    return await candidate.unwrap(wrapped)
-                except UnknownKey:
-                    continue
+        # A key no provider listed when combined: one that came later (a keyring term), one
+        # behind a seal, or a Go-era positional id. Each provider refuses keys not its own.
+        unavailable: KeyUnavailable | None = None
+        for candidate in self.providers:
+            try:
+                return await candidate.unwrap(wrapped)
+            except UnknownKey:
+                continue
+            except KeyUnavailable as e:  # e.g. a sealed keyring: it might hold the key
+                unavailable = e
+        if unavailable is not None:
+            raise unavailable
         raise UnknownKey(wrapped.key_id, wrapped.fingerprint, self._configured())
 
     def _configured(self) -> str:
         return "configured keys: " + ", ".join(
-            f"{key_id} ({key_fingerprint})" for key_fingerprint, key_id in self._ids.items()
+            f"{key_id} ({key_fingerprint})" for key_fingerprint, key_id in self.key_ids().items()
         )

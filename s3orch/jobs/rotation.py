@@ -58,7 +58,9 @@ class KeyRotation:
         if vault is not None and self._inside_vault(old):
             return KeySelection(old, (vault.fingerprint,), exclude="")
         ids = keys.key_ids()
-        primary = next(fp for fp, key_id in ids.items() if key_id == keys.primary_id)
+        primary = next((fp for fp, key_id in ids.items() if key_id == keys.primary_id), None)
+        if primary is None:  # a sealed keyring lists no key
+            raise NoKeys(f"the primary key {keys.primary_id} is unavailable (is s3orch sealed?)")
         current = tuple(fp for fp, key_id in ids.items() if key_id == old and fp != primary)
         return KeySelection(old, current, primary)
 
@@ -91,7 +93,7 @@ class KeyRotation:
         else:
             for dek in page:
                 try:
-                    changes.append((dek, await self._rewrap(dek.wrapped)))
+                    changes.append((dek, await self.encryption.by_primary(dek.wrapped)))
                 except (ObjectError, KeyProviderError) as e:
                     errors.append(f"{dek.row_id}: {e}")
         await self.deks.replace(changes)
@@ -125,11 +127,6 @@ class KeyRotation:
             else:
                 errors.append(f"{dek.row_id}: {result}")
         return changes, errors
-
-    async def _rewrap(self, wrapped: WrappedKey) -> WrappedKey:
-        keys = self.encryption.keys
-        assert keys is not None
-        return await keys.wrap(await self.encryption.data_key(wrapped))
 
 
 def _version(blob: bytes) -> int:

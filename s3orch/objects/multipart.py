@@ -203,9 +203,7 @@ class MultipartUploads:
             sealing=sealing,
         )
         try:
-            displaced = await self.store.complete_upload(
-                upload_id, version, self._now(), read_as
-            )
+            displaced = await self.store.complete_upload(upload_id, version, self._now(), read_as)
         except UploadNotFound:
             # Aborted while completing: the abort's deletion removes the assembled bytes.
             raise NoSuchUpload(upload_id) from None

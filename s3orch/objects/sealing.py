@@ -54,6 +54,12 @@ Fetch = Callable[[int, int], Awaitable[ByteSource]]
 
 _PART_TAG = 4  # the last bytes of a part's object_id: its part number
 
+# Counted per DEK and per object: bound once, not looked up every time.
+_ENCRYPTS = metrics.encryption_operations_total.labels("encrypt")
+_DECRYPTS = metrics.encryption_operations_total.labels("decrypt")
+_WRAPS = metrics.encryption_operations_total.labels("wrap")
+_UNWRAPS = metrics.encryption_operations_total.labels("unwrap")
+
 
 @frozen
 class SealedWrite:
@@ -68,7 +74,7 @@ class SealedWrite:
 
     def stream(self, plaintext: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The sealed bytes of ``plaintext``, which must be exactly the size sealed for."""
-        metrics.encryption_operations_total.labels("encrypt").inc()
+        _ENCRYPTS.inc()
         return seal_stream(plaintext, self.sealer, self.sealer.layout.plain_size)
 
 
@@ -122,7 +128,7 @@ class Encryption:
         except KeyProviderError as e:
             metrics.encryption_errors_total.labels("wrap", _error_type(e)).inc()
             raise KeyServiceUnavailable(f"the master key could not wrap a data key: {e}") from e
-        metrics.encryption_operations_total.labels("wrap").inc()
+        _WRAPS.inc()
         return wrapped
 
     async def by_primary(self, wrapped: WrappedKey) -> WrappedKey:
@@ -157,7 +163,7 @@ class Encryption:
         except KeyProviderError as e:
             metrics.encryption_errors_total.labels("unwrap", _error_type(e)).inc()
             raise KeyServiceUnavailable(f"the master key is unavailable: {e}") from e
-        metrics.encryption_operations_total.labels("unwrap").inc()
+        _UNWRAPS.inc()
         return dek
 
     async def open(
@@ -170,7 +176,7 @@ class Encryption:
         """
         sealing = version.sealing
         assert sealing is not None
-        metrics.encryption_operations_total.labels("decrypt").inc()
+        _DECRYPTS.inc()
         try:
             dek = await self.data_key(sealing.wrapped)
             async for block in _plaintext(sealing, version.size, dek, fetch, start, end):

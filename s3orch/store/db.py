@@ -78,6 +78,11 @@ def _sqlite_setup(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA synchronous = NORMAL")
 
 
+def _sqlite_reader_setup(conn: sqlite3.Connection) -> None:
+    _sqlite_setup(conn)
+    conn.execute("PRAGMA query_only = ON")
+
+
 def _retryable(error: BaseException) -> bool:
     return getattr(error, "sqlstate", None) in _RETRYABLE_SQLSTATES
 
@@ -85,18 +90,27 @@ def _retryable(error: BaseException) -> bool:
 class Database:
     """An adbapi connection pool that runs functions of a cursor as transactions."""
 
-    def __init__(self, pool: adbapi.ConnectionPool, dialect: Dialect) -> None:
+    def __init__(
+        self,
+        pool: adbapi.ConnectionPool,
+        dialect: Dialect,
+        read_pool: adbapi.ConnectionPool | None = None,
+    ) -> None:
         self._pool = pool
+        self._read_pool = read_pool or pool
         self.dialect: Dialect = dialect
 
     @classmethod
     def sqlite(cls, path: str, *, reactor: IReactorCore | None = None) -> Database:
         """Open (creating if needed) the SQLite file at ``path``.
 
-        One connection on one thread: SQLite has a single writer anyway, and
-        adbapi closes connections from the reactor thread, hence
+        One writing connection on one thread: SQLite has a single writer anyway,
+        and adbapi closes connections from the reactor thread, hence
         ``check_same_thread=False``. ``isolation_level=None`` hands transaction
-        control to ``run``, which opens each one with ``BEGIN IMMEDIATE``.
+        control to ``run``, which opens each one with ``BEGIN IMMEDIATE``. Read-only
+        transactions of a file database go to two reading connections of their own:
+        in WAL mode readers never wait for the writer, so a long write (a batch of
+        a background job, a checkpoint) does not hold up a GET.
         """
         if path != ":memory:":
             parent = os.path.dirname(os.path.abspath(path))
@@ -112,7 +126,12 @@ class Database:
         if reactor is not None:
             kwargs["cp_reactor"] = reactor
         pool = adbapi.ConnectionPool("sqlite3", path, **kwargs)
-        return cls(pool, "sqlite")
+        if path == ":memory:":
+            return cls(pool, "sqlite")
+        readers = dict(
+            kwargs, cp_max=2, cp_openfun=_sqlite_reader_setup, cp_name="s3orch-sqlite-read"
+        )
+        return cls(pool, "sqlite", adbapi.ConnectionPool("sqlite3", path, **readers))
 
     @classmethod
     def postgres(
@@ -156,7 +175,8 @@ class Database:
         attempt = 1
         while True:
             try:
-                result: T = await self._pool.runInteraction(self._interaction, fn, readonly)
+                pool = self._read_pool if readonly else self._pool
+                result: T = await pool.runInteraction(self._interaction, fn, readonly)
                 return result
             except Exception as e:
                 if attempt < _ATTEMPTS and _retryable(e):
@@ -176,5 +196,7 @@ class Database:
         return await self.run("migrate", functools.partial(migrations.apply, steps=steps))
 
     def close(self) -> None:
-        """Stop the pool's threads and close its connections."""
+        """Stop the pools' threads and close their connections."""
         self._pool.close()
+        if self._read_pool is not self._pool:
+            self._read_pool.close()

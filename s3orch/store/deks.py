@@ -105,23 +105,29 @@ class DekStore:
         """Store each new wrapping where its DEK still has the wrapping that was read;
         returns how many were replaced (the others changed or went away meanwhile)."""
 
+        by_table: dict[int, list[tuple[object, ...]]] = {}
+        for dek, new in changes:
+            by_table.setdefault(dek.table, []).append(
+                (
+                    new.key_id,
+                    new.fingerprint,
+                    _b64(new.blob),
+                    dek.row_id,
+                    dek.wrapped.fingerprint,
+                    _b64(dek.wrapped.blob),
+                )
+            )
+
         def txn(cur: Cursor) -> int:
             replaced = 0
-            for dek, new in changes:
-                table, column = _TABLES[dek.table]
-                cur.execute(
+            for index, rows in sorted(by_table.items()):
+                table, column = _TABLES[index]
+                cur.executemany(
                     f"UPDATE {table} SET enc_key_id = ?, enc_fingerprint = ?, enc_wrapped = ?"
                     f" WHERE {column} = ? AND enc_fingerprint = ? AND enc_wrapped = ?",
-                    (
-                        new.key_id,
-                        new.fingerprint,
-                        _b64(new.blob),
-                        dek.row_id,
-                        dek.wrapped.fingerprint,
-                        _b64(dek.wrapped.blob),
-                    ),
+                    rows,
                 )
-                replaced += cur.rowcount
+                replaced += max(cur.rowcount, 0)
             return replaced
 
         return await self._db.run("replace_deks", txn)

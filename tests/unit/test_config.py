@@ -1210,7 +1210,10 @@ def test_encryption_with_a_key_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ("enabled: true", "encryption.enabled: needs a key: master_key, master_key_file or vault"),
+        (
+            "enabled: true",
+            "encryption.enabled: needs a key: master_key, master_key_file, vault or keyring",
+        ),
         ("master_key: not-base64!", "encryption.master_key: is not valid base64"),
         (
             f"master_key: {base64.b64encode(bytes(16)).decode()}",
