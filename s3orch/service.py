@@ -121,7 +121,7 @@ class S3OrchService(MultiService):
         self.jobs = JobRunner(JobStore(self.db), {}, reactor)
         self.jobs.register(
             rotation.KIND,
-            rotation.KeyRotation(DekStore(self.db), self.encryption, lambda: self.vault),
+            rotation.KeyRotation(DekStore(self.db), self.encryption, lambda: self.vault, reactor),
         )
         self.jobs.register(conversion.ENCRYPT, conversion.Conversion(self.orchestrator, True))
         self.jobs.register(conversion.DECRYPT, conversion.Conversion(self.orchestrator, False))

@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from attrs import define
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
@@ -31,6 +33,12 @@ from s3orch.store.deks import DekStore, KeySelection, StoredDek
 log = Logger()
 
 KIND = "rotate-encryption-key"
+YIELD_EVERY = 50  # DEKs re-wrapped between two turns of the reactor
+# Short batches and a rest after each keep client latency close to idle during a rotation
+# (measured: p99 of 1 KiB GETs 4.4x idle with batches of 500 and no rest).
+LOCAL_BATCH = 100
+VAULT_BATCH = 400  # two Transit rewrap calls of 200
+REST_RATIO = 1.0
 
 
 class NoKeys(Exception):
@@ -45,6 +53,7 @@ class KeyRotation:
     deks: DekStore
     encryption: Encryption
     vault: Callable[[], VaultTransitKeys | None] = lambda: None
+    clock: IReactorTime | None = None
     """The Vault provider among the keys now (they change on reload)."""
 
     def selection(self, params: Mapping[str, Any]) -> KeySelection:
@@ -85,13 +94,19 @@ class KeyRotation:
         return vault is not None and keys is not None and old_key_id == keys.primary_id
 
     async def batch(self, params: Mapping[str, Any], cursor: str | None, limit: int) -> BatchResult:
-        page, next_cursor = await self.deks.page(self.selection(params), cursor, limit)
+        started = self.clock.seconds() if self.clock is not None else 0.0
+        inside_vault = self._inside_vault(str(params["old_key_id"]))
+        size = min(limit, VAULT_BATCH if inside_vault else LOCAL_BATCH)
+        page, next_cursor = await self.deks.page(self.selection(params), cursor, size)
         changes: list[tuple[StoredDek, WrappedKey]] = []
         errors: list[str] = []
-        if self._inside_vault(str(params["old_key_id"])):
+        if inside_vault:
             changes, errors = await self._rewrap_in_vault(page)
         else:
-            for dek in page:
+            for done, dek in enumerate(page, start=1):
+                if done % YIELD_EVERY == 0 and self.clock is not None:
+                    # Let the reactor serve requests between slices of the cipher work.
+                    await deferLater(self.clock, 0)
                 try:
                     changes.append((dek, await self.encryption.by_primary(dek.wrapped)))
                 except (ObjectError, KeyProviderError) as e:
@@ -99,6 +114,9 @@ class KeyRotation:
         await self.deks.replace(changes)
         metrics.key_rotation_objects_total.labels("success").inc(len(changes))
         metrics.key_rotation_objects_total.labels("error").inc(len(errors))
+        if self.clock is not None and next_cursor is not None:
+            # Rest as long as the batch took: the job takes at most half of s3orch's time.
+            await deferLater(self.clock, (self.clock.seconds() - started) * REST_RATIO)
         return BatchResult(
             next_cursor=next_cursor,
             processed=len(changes),
