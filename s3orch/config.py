@@ -183,6 +183,8 @@ class VaultConfig:
     renew_interval: float = 300.0
     decrypt_only: bool = False
     """Vault only unwraps what it wrapped (moving away from Vault); another source wraps."""
+    rewrap_batch_size: int = 200
+    """DEKs per Transit ``rewrap`` request when rotating the Vault key."""
 
 
 SEAL_TYPES: Final = ("shamir", "auto")
@@ -1273,7 +1275,15 @@ def _read_vault(section: _Section) -> VaultConfig | None:
         namespace=namespace or "",
         renew_interval=renew_interval or default.renew_interval,
         decrypt_only=bool(vault.boolean("decrypt_only", default.decrypt_only)),
+        rewrap_batch_size=vault.integer(
+            "rewrap_batch_size", default.rewrap_batch_size, 1, MAX_REWRAP_BATCH
+        )
+        or default.rewrap_batch_size,
     )
+
+
+# OpenBao takes larger batch_input lists, but a failed request then costs more work again.
+MAX_REWRAP_BATCH: Final = 1000
 
 
 def _vault_address_problem(address: str) -> str | None:

@@ -273,6 +273,7 @@ class VaultTransitKeys:
             mount_path=config.mount_path,
             namespace=config.namespace,
             pool=pool,
+            rewrap_batch_size=config.rewrap_batch_size,
         )
 
     def __repr__(self) -> str:

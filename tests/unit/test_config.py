@@ -1423,6 +1423,10 @@ def test_vault_block_shape() -> None:
             "{address: 'https://v', key_name: k, token: t, role: x}",
             ["encryption.vault.role: unknown key"],
         ),
+        (
+            "{address: 'https://v', key_name: k, token: t, rewrap_batch_size: 0}",
+            ["encryption.vault.rewrap_batch_size: must be"],
+        ),
         ("nope", ["encryption.vault: must be a mapping"]),
     ],
 )
