@@ -98,10 +98,9 @@ async def open_stream(
         raise ValueError(f"skip {skip} is past the end of chunk {first_chunk}")
     index = first_chunk
     remaining = length
-    # Sealed bytes not yet opened are buffer[pos:]; the buffer is compacted once per
-    # incoming block, not once per chunk, so each byte is copied once.
-    buffer = bytearray()
-    pos = 0
+    # Chunks are opened straight from the block that holds them; only a chunk split across
+    # blocks is gathered in ``pending``, so most bytes are never copied.
+    pending = bytearray()
     wanted = layout.chunk_sealed_len(index) if index <= last_chunk else 0
     try:
         async for block in source:
@@ -109,14 +108,15 @@ async def open_stream(
                 continue
             if index > last_chunk:
                 raise TamperedError("more ciphertext than the requested chunks hold")
-            if pos:
-                del buffer[:pos]
-                pos = 0
-            buffer += block
-            while index <= last_chunk and len(buffer) - pos >= wanted:
-                if index == last_chunk and len(buffer) - pos > wanted:
+            data: bytes | bytearray = block
+            if pending:
+                pending += block
+                data = pending
+            pos = 0
+            while index <= last_chunk and len(data) - pos >= wanted:
+                if index == last_chunk and len(data) - pos > wanted:
                     raise TamperedError("more ciphertext than the requested chunks hold")
-                plaintext = _open(opener, index, buffer, pos, wanted, index == count - 1)
+                plaintext = _open(opener, index, data, pos, wanted, index == count - 1)
                 pos += wanted
                 if skip:
                     plaintext = plaintext[skip:]
@@ -129,6 +129,7 @@ async def open_stream(
                     wanted = layout.chunk_sealed_len(index)
                 if plaintext:
                     yield plaintext
+            pending = bytearray(data[pos:])
         if index <= last_chunk:
             raise TruncatedError(
                 f"the ciphertext ended inside chunk {index} (chunks {first_chunk}..{last_chunk})"
@@ -138,7 +139,7 @@ async def open_stream(
 
 
 def _open(
-    opener: ChunkOpener, index: int, buffer: bytearray, pos: int, size: int, last: bool
+    opener: ChunkOpener, index: int, buffer: bytes | bytearray, pos: int, size: int, last: bool
 ) -> bytes:
     """Open the chunk at ``buffer[pos:pos + size]`` without copying it; the view is
     released before the caller changes the buffer."""
