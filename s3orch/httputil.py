@@ -6,6 +6,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.web.server import NOT_DONE_YET, Request
 
 
@@ -44,3 +45,12 @@ def enlarge_reads(transport: object, size: int = LARGE_READ) -> None:
         if hasattr(transport, "bufferSize"):
             transport.bufferSize = size
         transport = getattr(transport, "transport", None)
+
+
+def describe_failure(error: BaseException) -> str:
+    """A one-line account of a transport failure, unwrapping Twisted's reason lists."""
+    reasons = getattr(error, "reasons", None)
+    if reasons:
+        inner = "; ".join(r.getErrorMessage() for r in reasons if isinstance(r, Failure))
+        return f"{type(error).__name__}({inner})"
+    return f"{type(error).__name__}: {error}"

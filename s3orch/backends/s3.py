@@ -77,7 +77,7 @@ from s3orch.backends.interface import (
     check_part_list,
     check_part_number,
 )
-from s3orch.httputil import enlarge_reads
+from s3orch.httputil import describe_failure, enlarge_reads
 from s3orch.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, sign_request, uri_encode
 from s3orch.streams import (
     DEFAULT_HIGH_WATER,
@@ -614,7 +614,7 @@ class S3Backend:
         if isinstance(error, CancelledError | BackendError):
             return error
         if isinstance(error, Exception):
-            return BackendError(f"{self.name}: {method} failed: {_describe(error)}")
+            return BackendError(f"{self.name}: {method} failed: {describe_failure(error)}")
         return error
 
     async def _read_small_body(
@@ -854,12 +854,3 @@ def _abandon(response: IResponse, watchdog: _Watchdog) -> None:
     # Closing beats reading an unwanted object body to reuse the connection.
     watchdog.close()
     response.deliverBody(_Hangup())
-
-
-def _describe(error: BaseException) -> str:
-    """A one-line account of a transport failure, unwrapping Twisted's reason lists."""
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        inner = "; ".join(r.getErrorMessage() for r in reasons if isinstance(r, Failure))
-        return f"{type(error).__name__}({inner})"
-    return f"{type(error).__name__}: {error}"

@@ -38,7 +38,6 @@ from twisted.internet.protocol import Protocol
 from twisted.internet.ssl import Certificate, trustRootFromCertificates
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from zope.interface import implementer
 
@@ -54,6 +53,7 @@ from s3orch.crypto.keys import (
     read_private_file,
     vault_fingerprint,
 )
+from s3orch.httputil import describe_failure
 
 if TYPE_CHECKING:
     from s3orch.config import VaultConfig
@@ -179,15 +179,6 @@ def make_vault_http_client(
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def _describe(error: BaseException) -> str:
-    """A one-line account of a transport failure, unwrapping Twisted's reason lists."""
-    reasons = getattr(error, "reasons", None)
-    if reasons:
-        inner = "; ".join(r.getErrorMessage() for r in reasons if isinstance(r, Failure))
-        return f"{type(error).__name__}({inner})"
-    return f"{type(error).__name__}: {error}"
 
 
 def _int(data: dict[str, Any], name: str) -> int:
@@ -621,7 +612,7 @@ class VaultTransitKeys:
         except DeferredTimeout:
             raise _Transient(f"no answer within {self.timeout:g} s") from None
         except Exception as e:
-            raise _Transient(self._clean(_describe(e))) from None
+            raise _Transient(self._clean(describe_failure(e))) from None
         if status == 204 or not content:
             return _Reply(status, {})
         try:
