@@ -1099,6 +1099,8 @@ EXAMPLE_ENV = {
     "S3ORCH_BACKUPS_SECRET": "backups-secret",
     "S3ORCH_BACKUPS_TOKEN": "backups-token",
     "S3ORCH_PG_PASSWORD": "pg-password",
+    "ENCRYPTION_KEY": "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+    "VAULT_TOKEN": "vault-token",
 }
 
 
