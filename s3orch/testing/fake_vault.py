@@ -43,7 +43,6 @@ import os
 import re
 import secrets
 import string
-import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any, Final, cast
@@ -53,6 +52,7 @@ from attrs import define, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import Clock
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
@@ -441,7 +441,8 @@ class FakeVault(Resource, TransitAdmin):
     """A Vault Transit server in memory (see the module's docstring for what it imitates).
 
     ``script``: answers ``(status, body)`` for the next HTTP requests, before Transit's.
-    ``clock``: where token TTLs are counted (default: the system time).
+    ``clock``: where token TTLs are counted (default: a Clock of its own that only moves when
+    advanced, so tokens outlive the test unless it advances the clock).
     """
 
     isLeaf = True
@@ -461,7 +462,7 @@ class FakeVault(Resource, TransitAdmin):
         self.script: list[tuple[int, Json]] = list(script)
         self.requests: list[Json] = []
         self.root_token = root_token
-        self.clock = clock
+        self.clock: IReactorTime = clock if clock is not None else Clock()
         self.address = address
         self.max_ttl = max_ttl
         self.max_json_strings = max_json_strings
@@ -485,7 +486,7 @@ class FakeVault(Resource, TransitAdmin):
         )
 
     def now(self) -> float:
-        return self.clock.seconds() if self.clock is not None else time.time()
+        return self.clock.seconds()
 
     @property
     def paths(self) -> list[str]:
