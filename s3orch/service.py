@@ -8,7 +8,6 @@ from functools import partial
 from importlib import metadata
 from typing import Any
 
-from attrs import evolve, frozen
 from twisted.application import strports
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred
@@ -25,10 +24,10 @@ from s3orch.backends.local import LocalBackend
 from s3orch.backends.metered import MeteredBackend
 from s3orch.backends.s3 import S3Backend, make_http_client
 from s3orch.config import BackendConfig, Config, ConfigError, EncryptionConfig, load_config
-from s3orch.crypto.combined import CombinedKeys
-from s3orch.crypto.keyring import KeyringKeys, parse_fingerprint_term
-from s3orch.crypto.keys import IKeyProvider, KeyMaterialError, LocalKeys, create_key_file
+from s3orch.crypto.keyring import parse_fingerprint_term
+from s3orch.crypto.keys import KeyMaterialError
 from s3orch.crypto.seal import Seal
+from s3orch.crypto.sources import KeySources, key_sources
 from s3orch.crypto.vault import VaultTransitKeys
 from s3orch.jobs import conversion, rotation
 from s3orch.jobs.runner import JobRunner
@@ -101,7 +100,9 @@ class S3OrchService(MultiService):
                 self._check_keys,
                 wraps=not keyring_config.decrypt_only,
             )
-        self.encryption = self._encryption(config.encryption)
+        self.encryption = Encryption()
+        keyring_keys = self.seal.keys if self.seal else None
+        self._use_keys(key_sources(config.encryption, reactor, keyring_keys), config.encryption)
         self.orchestrator = Orchestrator(
             self.store, backends, config.routing_strategy, reactor, self.encryption
         )
@@ -158,12 +159,14 @@ class S3OrchService(MultiService):
             self
         )
 
-    def _encryption(self, config: EncryptionConfig) -> Encryption:
-        sources = key_sources(config, self.reactor, self.seal.keys if self.seal else None)
+    def _use_keys(self, sources: KeySources, config: EncryptionConfig) -> None:
+        """Make ``sources`` (from ``config``) the keys everything seals and opens with."""
         self.vault = sources.vault
+        self.encryption.keys = sources.keys
+        self.encryption.enabled = config.enabled
+        self.encryption.chunk_size = config.chunk_size
         if self.seal is not None:
             self.seal.auto_unseal = sources.auto_unseal
-        return Encryption(sources.keys, config.enabled, config.chunk_size)
 
     def reload(self) -> Deferred[None]:
         """Read the configuration file again and switch to its encryption keys (SIGHUP).
@@ -192,14 +195,11 @@ class S3OrchService(MultiService):
                 detail=detail,
             )
             return
-        old_vault, self.vault = self.vault, sources.vault
+        old_vault = self.vault
         encryption = config.encryption
         keys = sources.keys
-        self.encryption.keys = keys
-        self.encryption.enabled = encryption.enabled
-        self.encryption.chunk_size = encryption.chunk_size
-        if self.seal is not None and self.keyring is not None:
-            self.seal.auto_unseal = sources.auto_unseal
+        self._use_keys(sources, encryption)
+        if self.keyring is not None:
             self.keyring.rotation = encryption.keyring.rotation if encryption.keyring else None
             self.keyring.wraps = (
                 encryption.keyring is not None and not encryption.keyring.decrypt_only
@@ -363,72 +363,6 @@ class S3OrchService(MultiService):
         self.db.close()
         self.hash_pool.stop()
         self.file_pool.stop()
-
-
-@frozen
-class KeySources:
-    """The master keys a configuration names, as the service uses them."""
-
-    keys: IKeyProvider | None
-    """Wraps new DEKs with its primary and unwraps every DEK it knows; None: no key."""
-    vault: VaultTransitKeys | None
-    """The Vault Transit provider among them (or the keyring's auto-unseal key), if any."""
-    auto_unseal: IKeyProvider | None = None
-    """The key that seals the keyring's root key (``keyring.seal: auto``)."""
-
-
-def key_sources(config: EncryptionConfig, reactor: Any, keyring: KeyringKeys | None) -> KeySources:
-    """The master keys the configuration names; ``keyring`` is the seal's key provider when
-    encryption.keyring is configured.
-
-    With the keyring, the keyring wraps; previous_keys and a ``decrypt_only`` Vault only
-    unwrap what they wrapped; with ``seal: auto`` the master key (or Vault key) seals the
-    keyring's root key and wraps no DEK. Creates the default key file if asked to.
-    """
-    generate = config.master_key_file and config.generate_key_file
-    if generate and create_key_file(config.master_key_file):
-        log.critical(
-            "Created a new master key in {path} (mode 0600). Every encrypted object needs"
-            " it: back it up now, somewhere safe and apart from this machine (for example"
-            " `base64 {path}` into a password manager). Without it the data is lost.",
-            path=config.master_key_file,
-        )
-    vault = VaultTransitKeys.from_config(config.vault, reactor) if config.vault else None
-    previous = (
-        LocalKeys(list(zip(config.previous_key_ids, config.previous_keys, strict=True)))
-        if config.previous_keys
-        else None
-    )
-    has_local = config.master_key is not None or bool(config.master_key_file)
-    if config.keyring is not None and keyring is None:
-        raise ValueError("encryption.keyring is configured but there is no keyring")
-    wrapper: IKeyProvider | None = None
-    extras: list[IKeyProvider] = []
-    auto_unseal: IKeyProvider | None = None
-    if config.keyring is not None and not config.keyring.decrypt_only:
-        assert keyring is not None
-        wrapper = keyring
-        extras = [previous] if previous is not None else []
-        if vault is not None and config.vault is not None and config.vault.decrypt_only:
-            extras.append(vault)
-        if config.keyring.seal == "auto":
-            # Only the primary: previous_keys stay decrypt-only keys of DEKs.
-            primary_only = evolve(config, previous_keys=())
-            auto_unseal = LocalKeys.from_config(primary_only) if has_local else vault
-    else:
-        if has_local:
-            wrapper = LocalKeys.from_config(config)
-            if vault is not None:  # decrypt-only: moving away from Vault
-                extras.append(vault)
-        elif vault is not None:
-            wrapper = vault
-            if previous is not None:
-                extras.append(previous)
-        if keyring is not None:  # a decrypt-only keyring: moving away from it
-            extras.append(keyring)
-    if wrapper is not None and extras:
-        wrapper = CombinedKeys(wrapper, extras)
-    return KeySources(wrapper, vault, auto_unseal)
 
 
 def _version() -> str:

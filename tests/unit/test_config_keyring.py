@@ -10,7 +10,7 @@ from s3orch.cli import summarise
 from s3orch.config import Config, EncryptionConfig
 from s3orch.crypto.keyring import DEFAULT_MAX_OPERATIONS, KeyringKeys, RotationConfig
 from s3orch.crypto.keys import LocalKeys
-from s3orch.service import key_sources
+from s3orch.crypto.sources import key_sources
 from tests.unit.test_config import (
     KEY_1,
     KEY_1_TEXT,
