@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,22 +20,38 @@ from tests.integration.helpers import boto_client
 POSTGRES_ADMIN = "host=127.0.0.1 port=5432 dbname=test user=postgres"
 
 
+@contextlib.contextmanager
+def new_postgres_database(prefix: str) -> Iterator[dict[str, Any]]:
+    """A new PostgreSQL database (its ``database`` config section), dropped afterwards."""
+    name = f"{prefix}_{secrets.token_hex(4)}"
+    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield {
+            "driver": "postgres",
+            "host": "127.0.0.1",
+            "port": 5432,
+            "database": name,
+            "user": "postgres",
+            "sslmode": "disable",
+        }
+    finally:
+        with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
 @pytest.fixture(scope="session")
 def postgres_database() -> Iterator[dict[str, Any]]:
     """A fresh PostgreSQL database for one test session, dropped afterwards."""
-    name = "s3orch_it_" + secrets.token_hex(4)
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield {
-        "driver": "postgres",
-        "host": "127.0.0.1",
-        "port": 5432,
-        "database": name,
-        "user": "postgres",
-        "sslmode": "disable",
-    }
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_postgres_database("s3orch_it") as database:
+        yield database
+
+
+@pytest.fixture
+def fresh_postgres() -> Iterator[dict[str, Any]]:
+    """A PostgreSQL database of this test's own, dropped afterwards."""
+    with new_postgres_database("s3orch_test") as database:
+        yield database
 
 
 def s3_backends_config(moto_server: Any, count: int = 2, quota: int = 0) -> list[dict[str, Any]]:

@@ -125,3 +125,17 @@ def write_tree(root: Path, sizes: dict[str, int]) -> dict[str, bytes]:
         contents[name] = os.urandom(size)
         path.write_bytes(contents[name])
     return contents
+
+
+def put_multipart(s3: Any, key: str, parts: list[bytes], bucket: str = "test") -> None:
+    """Store ``parts`` as one multipart upload of ``key`` (each part as it is, in order)."""
+    upload = s3.create_multipart_upload(Bucket=bucket, Key=key)["UploadId"]
+    done = []
+    for number, body in enumerate(parts, start=1):
+        answer = s3.upload_part(
+            Bucket=bucket, Key=key, UploadId=upload, PartNumber=number, Body=body
+        )
+        done.append({"PartNumber": number, "ETag": answer["ETag"]})
+    s3.complete_multipart_upload(
+        Bucket=bucket, Key=key, UploadId=upload, MultipartUpload={"Parts": done}
+    )

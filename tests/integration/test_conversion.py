@@ -30,7 +30,7 @@ from tests.integration.admin_helpers import (
     wait_job_started,
     wait_nothing_pending,
 )
-from tests.integration.helpers import boto_client
+from tests.integration.helpers import boto_client, put_multipart
 from tests.integration.test_encryption import MARKER, marked
 
 MiB = 1024 * 1024
@@ -54,16 +54,7 @@ def write_every_kind(server: S3OrchProcess) -> dict[str, bytes]:
     for key, body in objects.items():
         s3.put_object(Bucket="test", Key=key, Body=body)
     parts = [marked(5 * MiB, 3), marked(3_000, 4)]
-    upload = s3.create_multipart_upload(Bucket="test", Key="multi")["UploadId"]
-    done = []
-    for number, part in enumerate(parts, start=1):
-        etag = s3.upload_part(
-            Bucket="test", Key="multi", UploadId=upload, PartNumber=number, Body=part
-        )["ETag"]
-        done.append({"PartNumber": number, "ETag": etag})
-    s3.complete_multipart_upload(
-        Bucket="test", Key="multi", UploadId=upload, MultipartUpload={"Parts": done}
-    )
+    put_multipart(s3, "multi", parts)
     objects["multi"] = b"".join(parts)
     s3.copy_object(Bucket="test", Key="copy", CopySource={"Bucket": "test", "Key": "single"})
     objects["copy"] = objects["single"]

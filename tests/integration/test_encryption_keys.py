@@ -17,7 +17,7 @@ from s3orch.backends.local import key_to_parts
 from s3orch.crypto.envelope import parse_header
 from s3orch.crypto.keys import fingerprint, generate_key
 from s3orch.testing.s3orch_process import S3OrchProcess, local_config
-from tests.integration.helpers import boto_client, raw_request
+from tests.integration.helpers import boto_client, put_multipart, raw_request
 from tests.integration.test_encryption import MARKER, labelled, local_files, marked, metric_samples
 
 TOKEN = {"X-Proxy-Token": "test-proxy-token-0123456789"}
@@ -101,17 +101,6 @@ def unknown_key_count(server: S3OrchProcess) -> float:
 
 def backend_bytes(workdir: Path) -> dict[Path, bytes]:
     return {**local_files(workdir / "b1"), **local_files(workdir / "b2")}
-
-
-def put_multipart(s3: Any, key: str, body: bytes) -> None:
-    upload = s3.create_multipart_upload(Bucket="test", Key=key)["UploadId"]
-    etag = s3.upload_part(Bucket="test", Key=key, UploadId=upload, PartNumber=1, Body=body)["ETag"]
-    s3.complete_multipart_upload(
-        Bucket="test",
-        Key=key,
-        UploadId=upload,
-        MultipartUpload={"Parts": [{"PartNumber": 1, "ETag": etag}]},
-    )
 
 
 def test_rotation_keeps_old_objects_readable(servers: Servers, tmp_path: Path) -> None:
@@ -214,7 +203,7 @@ def test_unconfigured_key_fails_clearly(servers: Servers, tmp_path: Path) -> Non
     s3 = boto_client(server.endpoint)
     single, multi = marked(150_000, 1), marked(20_000, 2)
     s3.put_object(Bucket="test", Key="single", Body=single)
-    put_multipart(s3, "multi", multi)
+    put_multipart(s3, "multi", [multi])
     stored = backend_bytes(tmp_path)
 
     server = servers.start({"enabled": True, "master_key": other_key})
@@ -312,6 +301,6 @@ def test_plaintext_upload_takes_no_parts_once_encryption_is_on(
         s3.upload_part(Bucket="test", Key="late", UploadId=upload, PartNumber=1, Body=MARKER)
     assert caught.value.response["Error"]["Code"] == "InvalidRequest"
     assert not any(MARKER in data for data in backend_bytes(tmp_path).values())
-    put_multipart(s3, "fresh", MARKER * 3)
+    put_multipart(s3, "fresh", [MARKER * 3])
     assert s3.get_object(Bucket="test", Key="fresh")["Body"].read() == MARKER * 3
     assert not any(MARKER in data for data in backend_bytes(tmp_path).values())

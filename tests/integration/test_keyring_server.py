@@ -36,7 +36,7 @@ from s3orch.cli import main
 from s3orch.crypto.keys import generate_key
 from s3orch.testing.s3orch_process import S3OrchProcess, local_config
 from tests.integration.conftest import POSTGRES_ADMIN
-from tests.integration.helpers import boto_client, wait_for
+from tests.integration.helpers import boto_client, put_multipart, wait_for
 
 ADMIN_TOKEN = "keyring-admin-" + secrets.token_hex(12)
 UNSEAL_KEY = re.compile(r"^Unseal Key \d+: (\S+)$", re.MULTILINE)
@@ -138,19 +138,7 @@ def write_objects(s3: Any, prefix: str) -> dict[str, bytes]:
         s3.put_object(Bucket="test", Key=key, Body=body)
     key = f"{prefix}/multipart"
     parts_data = [os.urandom(PART), os.urandom(1000)]
-    upload = s3.create_multipart_upload(Bucket="test", Key=key)["UploadId"]
-    parts = [
-        {
-            "PartNumber": n,
-            "ETag": s3.upload_part(
-                Bucket="test", Key=key, UploadId=upload, PartNumber=n, Body=data
-            )["ETag"],
-        }
-        for n, data in enumerate(parts_data, start=1)
-    ]
-    s3.complete_multipart_upload(
-        Bucket="test", Key=key, UploadId=upload, MultipartUpload={"Parts": parts}
-    )
+    put_multipart(s3, key, parts_data)
     bodies[key] = b"".join(parts_data)
     s3.copy_object(Bucket="test", Key=f"{prefix}/copy", CopySource=f"test/{prefix}/small")
     bodies[f"{prefix}/copy"] = bodies[f"{prefix}/small"]
@@ -452,31 +440,13 @@ def test_rotate_encryption_key_while_sealed_is_refused(
 # -- several instances on one PostgreSQL -----------------------------------------------------
 
 
-@pytest.fixture
-def postgres_keyring_database() -> Iterator[dict[str, Any]]:
-    """A PostgreSQL database of this test's own (the seal is one row per database)."""
-    name = "s3orch_keyring_" + secrets.token_hex(4)
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield {
-        "driver": "postgres",
-        "host": "127.0.0.1",
-        "port": 5432,
-        "database": name,
-        "user": "postgres",
-        "sslmode": "disable",
-    }
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-
-
 @pytest.mark.postgres
 def test_rotation_on_one_instance_is_used_by_another_within_seconds(
-    tmp_path: Path, servers: list[S3OrchProcess], postgres_keyring_database: dict[str, Any]
+    tmp_path: Path, servers: list[S3OrchProcess], fresh_postgres: dict[str, Any]
 ) -> None:
     """Two instances on one PostgreSQL: a rotation on one is wrapped with by the other in seconds."""
     config = keyring_config(tmp_path / "shared")
-    config["database"] = postgres_keyring_database
+    config["database"] = fresh_postgres
     a = start(servers, tmp_path / "a", config)
     b = start(servers, tmp_path / "b", config)
     shares = UNSEAL_KEY.findall(Operator(a).ok("init", "-key-shares=3", "-key-threshold=2"))
@@ -484,7 +454,7 @@ def test_rotation_on_one_instance_is_used_by_another_within_seconds(
     Operator(b).unseal(shares[1:])
     s3a, s3b = boto_client(a.endpoint), boto_client(b.endpoint)
 
-    conninfo = make_conninfo(POSTGRES_ADMIN, dbname=postgres_keyring_database["database"])
+    conninfo = make_conninfo(POSTGRES_ADMIN, dbname=fresh_postgres["database"])
 
     def key_id(key: str) -> str:
         with psycopg.connect(conninfo) as conn:

@@ -10,7 +10,6 @@ a new primary key and the seed's key in ``previous_keys``.
 from __future__ import annotations
 
 import http.client
-import secrets
 import shutil
 import statistics
 import threading
@@ -20,7 +19,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from attrs import define
 
@@ -42,8 +40,7 @@ from tests.integration.admin_helpers import (
     wait_job,
     wait_job_started,
 )
-from tests.integration.conftest import POSTGRES_ADMIN
-from tests.integration.helpers import boto_client
+from tests.integration.helpers import boto_client, put_multipart
 from tests.integration.test_encryption import MARKER, marked
 
 MiB = 1024 * 1024
@@ -112,16 +109,7 @@ def test_operator_procedure(procedure: Any, tmp_path: Path) -> None:
         for key, body in objects.items():
             s3.put_object(Bucket="test", Key=key, Body=body)
         parts = [marked(5 * MiB, 2), marked(3_000, 3)]
-        upload = s3.create_multipart_upload(Bucket="test", Key="multi")["UploadId"]
-        done = []
-        for number, part in enumerate(parts, start=1):
-            etag = s3.upload_part(
-                Bucket="test", Key="multi", UploadId=upload, PartNumber=number, Body=part
-            )["ETag"]
-            done.append({"PartNumber": number, "ETag": etag})
-        s3.complete_multipart_upload(
-            Bucket="test", Key="multi", UploadId=upload, MultipartUpload={"Parts": done}
-        )
+        put_multipart(s3, "multi", parts)
         objects["multi"] = b"".join(parts)
         s3.copy_object(Bucket="test", Key="copy", CopySource={"Bucket": "test", "Key": "single"})
         objects["copy"] = objects["single"]
@@ -560,24 +548,6 @@ def test_health_stays_fast_during_rotation(rotating: Rotating) -> None:
 
 
 # -- two processes on one PostgreSQL ----------------------------------------------------------
-
-
-@pytest.fixture
-def fresh_postgres() -> Iterator[dict[str, Any]]:
-    """A PostgreSQL database of this test's own, dropped afterwards."""
-    name = "s3orch_rot_" + secrets.token_hex(4)
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    yield {
-        "driver": "postgres",
-        "host": "127.0.0.1",
-        "port": 5432,
-        "database": name,
-        "user": "postgres",
-        "sslmode": "disable",
-    }
-    with psycopg.connect(POSTGRES_ADMIN, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.mark.postgres

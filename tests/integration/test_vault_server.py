@@ -18,7 +18,7 @@ from botocore.exceptions import ClientError
 from s3orch.crypto.keys import generate_key
 from s3orch.testing.openbao import OpenBaoServer, find_bao, start_openbao
 from s3orch.testing.s3orch_process import S3OrchProcess, local_config
-from tests.integration.helpers import boto_client
+from tests.integration.helpers import boto_client, put_multipart
 
 ADMIN_TOKEN = "vault-test-admin-token"
 PART = 5 * 1024 * 1024
@@ -95,19 +95,7 @@ def write_objects(s3: Any) -> dict[str, bytes]:
     for key, body in bodies.items():
         s3.put_object(Bucket="test", Key=key, Body=body)
     parts = [secrets.token_bytes(PART), b"last part"]
-    upload = s3.create_multipart_upload(Bucket="test", Key="multi")["UploadId"]
-    done = [
-        {
-            "PartNumber": n,
-            "ETag": s3.upload_part(
-                Bucket="test", Key="multi", UploadId=upload, PartNumber=n, Body=body
-            )["ETag"],
-        }
-        for n, body in enumerate(parts, start=1)
-    ]
-    s3.complete_multipart_upload(
-        Bucket="test", Key="multi", UploadId=upload, MultipartUpload={"Parts": done}
-    )
+    put_multipart(s3, "multi", parts)
     bodies["multi"] = b"".join(parts)
     return bodies
 
