@@ -12,7 +12,6 @@ import contextlib
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,6 +22,8 @@ from typing import Any
 import boto3
 from botocore.config import Config as BotoConfig
 
+from s3orch.testing.processes import free_port, stop_process
+
 DEFAULT_ACCESS_KEY = "testing"
 DEFAULT_SECRET_KEY = "testing"
 DEFAULT_REGION = "us-east-1"
@@ -32,13 +33,6 @@ _POLL_INTERVAL = 0.05
 
 class MotoServerError(Exception):
     """The moto server did not start or answered unexpectedly."""
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class MotoServer:
@@ -66,7 +60,7 @@ class MotoServer:
         """Start the process and return once it answers HTTP; retries if the port was taken."""
         failure = "not started"
         for _ in range(attempts):
-            self.port = _free_port(self.host)
+            self.port = free_port(self.host)
             log_fd, log_name = tempfile.mkstemp(prefix="moto-server-", suffix=".log")
             self._log_path = Path(log_name)
             try:
@@ -117,13 +111,8 @@ class MotoServer:
     def stop(self) -> None:
         """Stop the process (by its pid) and remove its log."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        if process is not None:
+            stop_process(process)
         if self._log_path is not None:
             self._log_path.unlink(missing_ok=True)
             self._log_path = None

