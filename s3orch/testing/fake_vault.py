@@ -991,9 +991,6 @@ class FakeVault(Resource, TransitAdmin):
         parsed: Json = json.loads(json.dumps(answer))
         return status, parsed
 
-    def unseal(self) -> None:
-        self.call("PUT", "sys/unseal", {"key": self.unseal_key})
-
 
 class CannedVault(FakeVault):
     """Not Transit: after the script, every key read, encrypt and decrypt gets one fixed

@@ -61,6 +61,7 @@ class TransitAdmin:
     (OpenBaoServer) and the fake (s3orch.testing.fake_vault), so tests set both up alike."""
 
     failure: type[Exception] = Exception
+    unseal_key = ""
 
     def request(
         self,
@@ -124,6 +125,10 @@ class TransitAdmin:
     def seal(self) -> None:
         self.call("PUT", "sys/seal")
 
+    def unseal(self) -> None:
+        """Unseal with the server's single unseal key (``unseal_key``)."""
+        self.call("PUT", "sys/unseal", {"key": self.unseal_key})
+
 
 class OpenBaoServer(TransitAdmin):
     """One ``bao server -dev`` process; ``tls`` makes it serve https with a generated CA
@@ -145,6 +150,8 @@ class OpenBaoServer(TransitAdmin):
         self.binary = binary or find_bao()
         self.process: subprocess.Popen[bytes] | None = None
         self._workdir: Path | None = None
+        self.unseal_key = ""
+        """The single unseal key the dev server prints once it is up."""
 
     @property
     def address(self) -> str:
@@ -213,13 +220,16 @@ class OpenBaoServer(TransitAdmin):
                 self.create_key(key_name, transit_mount)
 
     def _wait_ready(self, timeout: float) -> str:
-        """'' once the server is unsealed and active, else why not."""
+        """'' once the server is unsealed and active and has printed its unseal key (which
+        it may do a moment after it first answers), else why not."""
         assert self.process is not None
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             with contextlib.suppress(OSError, OpenBaoError):
                 status, _ = self.request("GET", "sys/health", token=False)
-                if status == 200:
+                match = _UNSEAL_KEY.search(self.log_tail(size=1 << 20))
+                if status == 200 and match is not None:
+                    self.unseal_key = match.group(1)
                     return ""
             try:
                 # Waiting on the process doubles as the poll interval and notices an early exit.
@@ -289,13 +299,6 @@ class OpenBaoServer(TransitAdmin):
         except ValueError:
             parsed = {"raw": raw.decode("utf-8", "replace")}
         return response.status, parsed if isinstance(parsed, dict) else {"value": parsed}
-
-    def unseal(self) -> None:
-        """Unseal with the single key the dev server printed at startup."""
-        match = _UNSEAL_KEY.search(self.log_tail(size=1 << 20))
-        if match is None:
-            raise OpenBaoError("the dev server printed no unseal key")
-        self.call("PUT", "sys/unseal", {"key": match.group(1)})
 
 
 def start_openbao(tls: bool = False, timeout: float = 30.0) -> OpenBaoServer:
