@@ -183,8 +183,8 @@ class VaultConfig:
     renew_interval: float = 300.0
     decrypt_only: bool = False
     """Vault only unwraps what it wrapped (moving away from Vault); another source wraps."""
-    rewrap_batch_size: int = 200
-    """DEKs per Transit ``rewrap`` request when rotating the Vault key."""
+    rewrap_batch_size: int = 50
+    """DEKs per Transit ``rewrap`` request, and per batch, when rotating the Vault key."""
 
 
 SEAL_TYPES: Final = ("shamir", "auto")

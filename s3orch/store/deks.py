@@ -1,9 +1,15 @@
 """Wrapped data keys as the key rotation job sees them: found by key, replaced by compare-and-swap.
 
 A DEK lives in an object version's row or in a multipart upload's row. The job walks both
-tables in primary-key order (keyset pagination) and replaces a wrapping only if it is still the
+tables in a stable order (keyset pagination) and replaces a wrapping only if it is still the
 one the job read: a client write or delete in between (a new version, a completed upload) is
 never reverted, and a DEK rotated by someone else meanwhile is left as it is.
+
+On SQLite the walk follows the rowid, the order rows sit in the file, so that a batch's
+updates dirty a few neighbouring pages of the table and of its key index (schema 006) rather
+than a page per DEK. A row keeps its rowid for life and new rows get higher ones, and any row
+written after the job started carries a DEK of the primary key, so the walk misses no DEK it
+must re-wrap. PostgreSQL has no stable physical order; it walks version ids.
 """
 
 from __future__ import annotations
@@ -14,10 +20,15 @@ from collections.abc import Sequence
 from attrs import define, frozen
 
 from s3orch.crypto.keys import WrappedKey
-from s3orch.store.db import Cursor, Database
+from s3orch.store.db import Cursor, Database, Dialect
 
-# (table, id column) in the order the job visits them; a cursor is "<table index>:<last id>".
-_TABLES = (("objects", "version_id"), ("multipart_uploads", "upload_id"))
+# The tables in the order the job visits them, with the column each is walked by per
+# dialect; a cursor is "<table index>:<last id>".
+_TABLES = ("objects", "multipart_uploads")
+_WALK_COLUMNS: dict[Dialect, tuple[str, ...]] = {
+    "sqlite": ("rowid", "rowid"),
+    "postgres": ("version_id", "upload_id"),
+}
 
 
 @frozen
@@ -44,7 +55,7 @@ class StoredDek:
     """One wrapped DEK and where it is kept."""
 
     table: int  # index into _TABLES
-    row_id: str
+    row_id: str | int  # the row's walk column (an int rowid on SQLite)
     wrapped: WrappedKey
 
 
@@ -61,7 +72,7 @@ class DekStore:
 
         def txn(cur: Cursor) -> int:
             total = 0
-            for table, _ in _TABLES:
+            for table in _TABLES:
                 cur.execute(f"SELECT COUNT(*) FROM {table} WHERE {where}", params)
                 row = cur.fetchone()
                 total += int(row[0]) if row is not None else 0
@@ -75,13 +86,14 @@ class DekStore:
         """Up to ``limit`` selected DEKs after ``cursor``, and the cursor after them
         (None once both tables are exhausted)."""
         where, params = selection.where()
-        table_index, after = _parse_cursor(cursor)
+        columns = _WALK_COLUMNS[self._db.dialect]
+        table_index, after = _parse_cursor(cursor, self._db.dialect)
 
         def txn(cur: Cursor) -> tuple[list[StoredDek], str | None]:
             found: list[StoredDek] = []
             index, last = table_index, after
             while index < len(_TABLES) and len(found) < limit:
-                table, column = _TABLES[index]
+                table, column = _TABLES[index], columns[index]
                 cur.execute(
                     f"SELECT {column}, enc_key_id, enc_fingerprint, enc_wrapped FROM {table}"
                     f" WHERE {where} AND {column} > ? ORDER BY {column} LIMIT ?",
@@ -92,7 +104,7 @@ class DekStore:
                     wrapped = WrappedKey(key_id, fingerprint, base64.b64decode(blob))
                     found.append(StoredDek(index, row_id, wrapped))
                 if len(found) < limit:
-                    index, last = index + 1, ""
+                    index, last = index + 1, _start(self._db.dialect)
                 else:
                     last = found[-1].row_id
             if index >= len(_TABLES):
@@ -118,23 +130,51 @@ class DekStore:
                 )
             )
 
+        columns = _WALK_COLUMNS[self._db.dialect]
+
         def txn(cur: Cursor) -> int:
             replaced = 0
             for index, rows in sorted(by_table.items()):
-                table, column = _TABLES[index]
-                cur.executemany(
-                    f"UPDATE {table} SET enc_key_id = ?, enc_fingerprint = ?, enc_wrapped = ?"
-                    f" WHERE {column} = ? AND enc_fingerprint = ? AND enc_wrapped = ?",
-                    rows,
-                )
+                table, column = _TABLES[index], columns[index]
+                if cur.dialect == "postgres":
+                    # One statement per batch: psycopg's per-row work for executemany runs
+                    # in Python, holding the GIL that the reactor thread needs.
+                    cur.execute(
+                        f"UPDATE {table} AS t SET enc_key_id = v.key_id,"
+                        " enc_fingerprint = v.fingerprint, enc_wrapped = v.wrapped"
+                        " FROM unnest(?::text[], ?::text[], ?::text[], ?::text[], ?::text[],"
+                        " ?::text[]) AS v(key_id, fingerprint, wrapped, id, old_fingerprint,"
+                        f" old_wrapped) WHERE t.{column} = v.id"
+                        " AND t.enc_fingerprint = v.old_fingerprint"
+                        " AND t.enc_wrapped = v.old_wrapped",
+                        [list(values) for values in zip(*rows, strict=True)],
+                    )
+                else:
+                    cur.executemany(
+                        f"UPDATE {table} SET enc_key_id = ?, enc_fingerprint = ?, enc_wrapped = ?"
+                        f" WHERE {column} = ? AND enc_fingerprint = ? AND enc_wrapped = ?",
+                        rows,
+                    )
                 replaced += max(cur.rowcount, 0)
             return replaced
 
         return await self._db.run("replace_deks", txn)
 
 
-def _parse_cursor(cursor: str | None) -> tuple[int, str]:
+def _start(dialect: Dialect) -> str | int:
+    """A walk position before every row."""
+    return 0 if dialect == "sqlite" else ""
+
+
+def _parse_cursor(cursor: str | None, dialect: Dialect) -> tuple[int, str | int]:
     if not cursor:
-        return 0, ""
+        return 0, _start(dialect)
     index, _, last = cursor.partition(":")
-    return int(index), last
+    if dialect == "postgres":
+        return int(index), last
+    try:
+        return int(index), int(last)
+    except ValueError:
+        # A cursor of an s3orch before schema 006 (a version id): walk that table again
+        # from its start; the DEKs re-wrapped already are no longer selected.
+        return int(index), 0
