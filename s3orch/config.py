@@ -157,6 +157,13 @@ class BackendConfig:
     access_key_id: str = ""
     secret_access_key: str = field(default="", repr=False)
     force_path_style: bool = True
+    checksum: str = "none"
+    """``crc32``: every body written to the backend carries a CRC32 the backend verifies."""
+
+
+# What an ``s3`` backend's ``checksum`` may name. Off by default: several S3-compatible
+# services refuse aws-chunked bodies with a trailing checksum.
+BACKEND_CHECKSUMS: Final = ("none", "crc32")
 
 
 @frozen
@@ -864,6 +871,7 @@ _S3_ONLY: Final = (
     "access_key_id",
     "secret_access_key",
     "force_path_style",
+    "checksum",
 )
 _LOCAL_ONLY: Final = ("path",)
 
@@ -953,6 +961,7 @@ def _read_s3_backend(
     if secret is not None:
         _check_secret(section, "secret_access_key", secret)
     force_path_style = section.boolean("force_path_style", default.force_path_style)
+    checksum = section.choice("checksum", BACKEND_CHECKSUMS, default.checksum)
     return BackendConfig(
         name=name,
         type="s3",
@@ -963,6 +972,7 @@ def _read_s3_backend(
         access_key_id=access_key_id or "",
         secret_access_key=secret or "",
         force_path_style=default.force_path_style if force_path_style is None else force_path_style,
+        checksum=checksum or default.checksum,
     )
 
 

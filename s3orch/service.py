@@ -239,6 +239,7 @@ class S3OrchService(MultiService):
             access_key_id=config.access_key_id,
             secret_access_key=config.secret_access_key,
             force_path_style=config.force_path_style,
+            checksum=config.checksum == "crc32",
             http_client=self.http_client,
             clock=self.reactor,
         )

@@ -114,19 +114,20 @@ class IBackend(Interface):
         """Store exactly ``length`` bytes as part ``part_number`` (1..10000) of the upload.
 
         An earlier part with that number is replaced. Returns the backend's
-        ETag for the part (hex, no quotes). Atomic as ``put`` is: if the body
-        fails or has the wrong length, the earlier part (if any) is intact and
-        no partial part is left. Raises BackendUploadNotFound for a handle the
-        backend does not know for ``key``.
+        receipt for the part, which ``complete_multipart`` takes back: its ETag
+        (hex, no quotes), and for some backends more after a space. Atomic as
+        ``put`` is: if the body fails or has the wrong length, the earlier part
+        (if any) is intact and no partial part is left. Raises
+        BackendUploadNotFound for a handle the backend does not know for ``key``.
         """
 
     async def complete_multipart(key: str, handle: str, parts: Sequence[tuple[int, str]]) -> None:
-        """Assemble the listed parts (number, backend ETag), ascending, into ``key``.
+        """Assemble the listed parts (number, receipt), ascending, into ``key``.
 
         Parts not listed are discarded. The bytes never pass through s3orch:
         the backend assembles them itself. Afterwards ``key`` reads, describes
         and deletes like a put object, and the handle is gone. If a listed
-        part is missing or its ETag differs, BackendError is raised and no
+        part is missing or its receipt differs, BackendError is raised and no
         object is written.
         """
 

@@ -26,6 +26,12 @@ AbortMultipartUpload. A Complete can fail after a ``200 OK``: the server
 sends the status at once, keeps the connection alive with whitespace while
 it assembles, and may then send an ``<Error>`` document instead of the
 result, so only a ``CompleteMultipartUploadResult`` counts as success.
+
+With ``checksum`` on, every body goes out with a trailing CRC32 that the server checks
+(``trailer.py``), and multipart uploads are created with ``x-amz-checksum-algorithm: CRC32``.
+Such an upload's handle is ``crc32:<UploadId>`` (no S3 upload id has a colon) and its parts'
+receipts are ``<ETag> <CRC32>``, so that Complete can list each part's checksum as S3 then
+requires, whatever the setting is by the time the upload goes on.
 """
 
 from __future__ import annotations
@@ -77,8 +83,16 @@ from s3orch.backends.interface import (
     check_part_list,
     check_part_number,
 )
+from s3orch.backends.trailer import HEADERS as TRAILER_HEADERS
+from s3orch.backends.trailer import TRAILER, Crc32Body
 from s3orch.httputil import describe_failure, enlarge_reads
-from s3orch.sigv4 import EMPTY_SHA256, UNSIGNED_PAYLOAD, sign_request, uri_encode
+from s3orch.sigv4 import (
+    EMPTY_SHA256,
+    STREAMING_UNSIGNED_PAYLOAD_TRAILER,
+    UNSIGNED_PAYLOAD,
+    sign_request,
+    uri_encode,
+)
 from s3orch.streams import (
     DEFAULT_HIGH_WATER,
     LengthMismatch,
@@ -102,6 +116,7 @@ COMPLETE_BODY_LIMIT: Final = 1024 * 1024
 S3_XMLNS: Final = "http://s3.amazonaws.com/doc/2006-03-01/"
 # AWS answers CompleteMultipartUploadResult; moto (5.x) says ...Response.
 _COMPLETED: Final = frozenset({"CompleteMultipartUploadResult", "CompleteMultipartUploadResponse"})
+_CRC32_HANDLE: Final = "crc32:"
 
 
 class S3ResponseError(BackendError):
@@ -438,13 +453,19 @@ def _parse_list_page(body: bytes) -> tuple[builtins.list[BackendObject], str | N
     return objects, token
 
 
-def _complete_document(parts: Sequence[tuple[int, str]]) -> bytes:
-    """The CompleteMultipartUpload request body (ETags quoted, as AWS documents them)."""
+def _complete_document(parts: Sequence[tuple[int, str]], crc32: bool) -> bytes:
+    """The CompleteMultipartUpload request body (ETags quoted, as AWS documents them), with
+    each part's CRC32 from its receipt for an upload created with CRC32 checksums."""
     root = Element("CompleteMultipartUpload", xmlns=S3_XMLNS)
-    for number, etag in parts:
+    for number, receipt in parts:
+        etag, _, checksum = receipt.strip().partition(" ")
+        if crc32 and not checksum:
+            raise BackendError(f"part {number} was stored without the CRC32 its upload requires")
         part = SubElement(root, "Part")
         SubElement(part, "PartNumber").text = str(number)
-        SubElement(part, "ETag").text = f'"{etag.strip().strip(chr(34))}"'
+        SubElement(part, "ETag").text = f'"{etag.strip(chr(34))}"'
+        if crc32:
+            SubElement(part, "ChecksumCRC32").text = checksum
     document: bytes = tostring(root, encoding="utf-8", xml_declaration=True)
     return document
 
@@ -507,6 +528,8 @@ class S3Backend:
     response_timeout: float = field(default=RESPONSE_TIMEOUT, kw_only=True)
     high_water: int = field(default=DEFAULT_HIGH_WATER, kw_only=True)
     list_page_size: int = field(default=LIST_PAGE_SIZE, kw_only=True)
+    checksum: bool = field(default=False, kw_only=True)
+    """Send every body with a trailing CRC32 (trailer.py)."""
     _scheme: str = field(init=False, default="")
     _host: str = field(init=False, default="")
     _base_path: str = field(init=False, default="")
@@ -661,33 +684,68 @@ class S3Backend:
 
     async def _send_body(
         self,
+        what: str,
         key: str,
         body: AsyncIterator[bytes],
         length: int,
         *,
+        checksum: bool,
         query: Sequence[tuple[str, str]] = (),
         headers: dict[str, str] | None = None,
-    ) -> tuple[IResponse, _Watchdog]:
-        """PUT exactly ``length`` bytes of ``body``, streamed; ``body`` is closed if that fails."""
+    ) -> str | None:
+        """PUT exactly ``length`` bytes of ``body``, streamed; ``body`` is closed if that fails.
+
+        Returns the response's ETag, once the server has taken the body, with the body's
+        CRC32 when ``checksum`` sent one (the server checked it).
+        """
         try:
             if length < 0:
                 raise BackendError(f"{self.name}: negative length")
-            return await self._send(
-                "PUT", key, query=query, headers=headers, body=body_producer(body, length)
-            )
+            framed = Crc32Body(body, length) if checksum else None
+            if framed is None:
+                response, watchdog = await self._send(
+                    "PUT", key, query=query, headers=headers, body=body_producer(body, length)
+                )
+            else:
+                response, watchdog = await self._send(
+                    "PUT",
+                    key,
+                    query=query,
+                    headers={
+                        **(headers or {}),
+                        **TRAILER_HEADERS,
+                        "x-amz-decoded-content-length": str(length),
+                    },
+                    body=body_producer(framed.stream(), framed.wire_length),
+                    payload_hash=STREAMING_UNSIGNED_PAYLOAD_TRAILER,
+                )
         except BaseException:
             # The request may have failed before the body was ever pulled.
             with contextlib.suppress(Exception):
                 await close_source(body)
             raise
+        if response.code != 200:
+            raise await self._failure(what, key, response, watchdog)
+        await self._discard_body(response, watchdog)
+        etag = _unquote_etag(_header(response, b"etag"))
+        if framed is None:
+            return etag
+        echoed = _header(response, TRAILER.encode("ascii"))
+        if framed.checksum is None or (echoed is not None and echoed.strip() != framed.checksum):
+            raise BackendError(
+                f"{self.name}: {what} stored a CRC32 of {echoed}, not the {framed.checksum} sent"
+            )
+        return f"{etag} {framed.checksum}" if etag is not None else None
 
     async def put(self, key: str, body: AsyncIterator[bytes], length: int) -> None:
-        response, watchdog = await self._send_body(
-            key, body, length, headers={"content-type": "application/octet-stream"}
+        await self._send_body(
+            "PUT",
+            key,
+            body,
+            length,
+            checksum=self.checksum,
+            headers={"content-type": "application/octet-stream"},
         )
-        if response.code != 200:
-            raise await self._failure("PUT", key, response, watchdog)
-        await self._discard_body(response, watchdog)
 
     async def get(self, key: str, start: int = 0, end: int | None = None) -> BackendRead:
         if start < 0 or (end is not None and end < start):
@@ -765,12 +823,10 @@ class S3Backend:
                 return
 
     async def create_multipart(self, key: str) -> str:
-        response, watchdog = await self._send(
-            "POST",
-            key,
-            query=[("uploads", "")],
-            headers={"content-type": "application/octet-stream"},
-        )
+        headers = {"content-type": "application/octet-stream"}
+        if self.checksum:
+            headers["x-amz-checksum-algorithm"] = "CRC32"
+        response, watchdog = await self._send("POST", key, query=[("uploads", "")], headers=headers)
         if response.code != 200:
             raise await self._failure("CreateMultipartUpload", key, response, watchdog)
         body = await self._read_small_body(response, watchdog, ERROR_BODY_LIMIT, False)
@@ -780,29 +836,27 @@ class S3Backend:
             upload_id = _child_text(root, "UploadId")
         if not upload_id:
             raise BackendError(f"{self.name}: CreateMultipartUpload answered without an UploadId")
-        return upload_id
+        return _CRC32_HANDLE + upload_id if self.checksum else upload_id
 
     async def upload_part(
         self, key: str, handle: str, part_number: int, body: AsyncIterator[bytes], length: int
     ) -> str:
         try:
             check_part_number(part_number)
-            self._check_handle(handle)
+            upload_id, crc32 = self._check_handle(handle)
         except BackendError as e:
             with contextlib.suppress(Exception):
                 await close_source(body)
             if type(e) is BackendError:
                 raise BackendError(f"{self.name}: {e}") from e
             raise
-        query = [("partNumber", str(part_number)), ("uploadId", handle)]
-        response, watchdog = await self._send_body(key, body, length, query=query)
-        if response.code != 200:
-            raise await self._failure("UploadPart", key, response, watchdog)
-        await self._discard_body(response, watchdog)
-        etag = _unquote_etag(_header(response, b"etag"))
-        if etag is None:
+        query = [("partNumber", str(part_number)), ("uploadId", upload_id)]
+        receipt = await self._send_body(
+            "UploadPart", key, body, length, checksum=crc32, query=query
+        )
+        if receipt is None:
             raise BackendError(f"{self.name}: UploadPart answered without an ETag")
-        return etag
+        return receipt
 
     async def complete_multipart(
         self, key: str, handle: str, parts: Sequence[tuple[int, str]]
@@ -811,12 +865,15 @@ class S3Backend:
             check_part_list(parts)
         except BackendError as e:
             raise BackendError(f"{self.name}: {e}") from e
-        self._check_handle(handle)
-        document = _complete_document(parts)
+        upload_id, crc32 = self._check_handle(handle)
+        try:
+            document = _complete_document(parts, crc32)
+        except BackendError as e:
+            raise BackendError(f"{self.name}: {e}") from e
         response, watchdog = await self._send(
             "POST",
             key,
-            query=[("uploadId", handle)],
+            query=[("uploadId", upload_id)],
             headers={"content-type": "application/xml"},
             body=body_producer(_just(document), len(document)),
             payload_hash=hashlib.sha256(document).hexdigest(),
@@ -833,9 +890,10 @@ class S3Backend:
         raise BackendError(f"{self.name}: CompleteMultipartUpload answered 200 without a result")
 
     async def abort_multipart(self, key: str, handle: str) -> None:
-        if not handle:
+        upload_id = handle.removeprefix(_CRC32_HANDLE)
+        if not upload_id:
             return  # no upload has an empty id
-        response, watchdog = await self._send("DELETE", key, query=[("uploadId", handle)])
+        response, watchdog = await self._send("DELETE", key, query=[("uploadId", upload_id)])
         if response.code in (200, 204):
             await self._discard_body(response, watchdog)
             return
@@ -844,10 +902,13 @@ class S3Backend:
             return
         raise error
 
-    def _check_handle(self, handle: str) -> None:
+    def _check_handle(self, handle: str) -> tuple[str, bool]:
+        """The upload id in ``handle``, and whether the upload takes CRC32 part checksums."""
+        upload_id = handle.removeprefix(_CRC32_HANDLE)
         # With an empty uploadId a server may take the request for a plain PUT or DELETE.
-        if not handle:
+        if not upload_id:
             raise BackendUploadNotFound(f"{self.name}: no multipart upload has an empty id")
+        return upload_id, upload_id != handle
 
 
 def _abandon(response: IResponse, watchdog: _Watchdog) -> None:

@@ -62,7 +62,13 @@ def s3_backend(moto_server: MotoServer, reactor: object) -> Iterator[S3Backend]:
     yield from new_s3_backend(moto_server, reactor, list_page_size=3)
 
 
-@pytest.fixture(params=["local", "s3"])
+@pytest.fixture
+def s3_crc32_backend(moto_server: MotoServer, reactor: object) -> Iterator[S3Backend]:
+    """An S3Backend that sends every body with a trailing CRC32 (``checksum: crc32``)."""
+    yield from new_s3_backend(moto_server, reactor, list_page_size=3, checksum=True)
+
+
+@pytest.fixture(params=["local", "s3", "s3_crc32"])
 def backend(request: pytest.FixtureRequest) -> IBackend:
     """Each backend implementation in turn, for the contract suite."""
     backend: IBackend = request.getfixturevalue(f"{request.param}_backend")

@@ -54,7 +54,9 @@ def fresh_postgres() -> Iterator[dict[str, Any]]:
         yield database
 
 
-def s3_backends_config(moto_server: Any, count: int = 2, quota: int = 0) -> list[dict[str, Any]]:
+def s3_backends_config(
+    moto_server: Any, count: int = 2, quota: int = 0, checksum: str = "none"
+) -> list[dict[str, Any]]:
     backends = []
     for i in range(count):
         bucket = f"backend{i + 1}-{secrets.token_hex(3)}"
@@ -70,6 +72,7 @@ def s3_backends_config(moto_server: Any, count: int = 2, quota: int = 0) -> list
                 "secret_access_key": moto_server.secret_key,
                 "force_path_style": True,
                 "quota_bytes": quota,
+                "checksum": checksum,
             }
         )
     return backends
@@ -88,11 +91,14 @@ def s3orch(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[S3OrchProcess]:
     """A running s3orch for the S3 API suite, once per backend kind, metadata database,
-    and with encryption off and on."""
+    and with encryption off and on. The encrypted S3 backends send trailing CRC32s."""
     workdir = tmp_path_factory.mktemp(request.param)
-    config = local_config(workdir, encrypted=request.param.endswith("encrypted"))
+    encrypted = request.param.endswith("encrypted")
+    config = local_config(workdir, encrypted=encrypted)
     if request.param.startswith("s3"):
-        config["backends"] = s3_backends_config(request.getfixturevalue("moto_server"))
+        config["backends"] = s3_backends_config(
+            request.getfixturevalue("moto_server"), checksum="crc32" if encrypted else "none"
+        )
     if "postgres" in request.param:
         config["database"] = request.getfixturevalue("postgres_database")
     server = S3OrchProcess(workdir, config)

@@ -291,6 +291,16 @@ def test_types_are_checked(text: str, expected: str) -> None:
     assert any(e.startswith(expected) for e in errors(text)), errors(text)
 
 
+def test_s3_checksum_is_none_unless_crc32_is_asked_for() -> None:
+    """An s3 backend sends no trailing checksum by default; ``checksum: crc32`` turns it on,
+    and any other value is refused naming the field and the choices."""
+    assert parse(with_backend(S3_BACKEND)).backends[0].checksum == "none"
+    text = with_backend(S3_BACKEND + "checksum: crc32\n")
+    assert parse(text).backends[0].checksum == "crc32"
+    error = only_error(with_backend(S3_BACKEND + "checksum: md5\n"))
+    assert error.startswith("backends[0].checksum: ") and "crc32" in error, error
+
+
 @pytest.mark.parametrize("value", ['"true"', "1", "0", '"yes"'])
 def test_bool_fields_need_a_real_yaml_bool(value: str) -> None:
     """force_path_style accepts only a YAML boolean, not a string or an int."""
