@@ -447,8 +447,12 @@ def backend_entry(settings: Settings, workdir: Path, moto: MotoServer | None) ->
     return s3_backend_entry(moto)
 
 
-def s3_backend_entry(moto: MotoServer) -> dict[str, Any]:
-    """An ``s3`` backend on moto's ``BACKEND_BUCKET``, the bucket s3orch writes to."""
+def s3_backend_entry(moto: MotoServer, checksum: str = "crc32") -> dict[str, Any]:
+    """An ``s3`` backend on moto's ``BACKEND_BUCKET``, the bucket s3orch writes to.
+
+    Its bodies carry a trailing CRC32 (``checksum: crc32``) as boto3's carry a CRC32 header,
+    so that moto gets the same checksums through both paths.
+    """
     return {
         "name": "moto",
         "type": "s3",
@@ -459,6 +463,7 @@ def s3_backend_entry(moto: MotoServer) -> dict[str, Any]:
         "secret_access_key": moto.secret_key,
         "force_path_style": True,
         "quota_bytes": 0,
+        "checksum": checksum,
     }
 
 

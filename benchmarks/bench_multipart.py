@@ -76,6 +76,7 @@ class Settings:
     threads: int
     reps: int
     json_path: str | None
+    backend_checksum: str = "crc32"
 
     @property
     def parts(self) -> int:
@@ -275,7 +276,7 @@ def run(settings: Settings) -> dict[str, Any]:
         log("starting moto server")
         moto = stack.enter_context(started_moto())
         log("starting s3orch")
-        config = s3orch_config(tmp, s3_backend_entry(moto))
+        config = s3orch_config(tmp, s3_backend_entry(moto, settings.backend_checksum))
         orch = stack.enter_context(started_s3orch(tmp / "s3orch", config))
         assert moto.process is not None and orch.process is not None
         pid = orch.process.pid
@@ -367,6 +368,12 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="a 64 MiB object instead of 256 MiB")
     parser.add_argument("--json", metavar="PATH", help="write the raw figures here, not stdout")
+    parser.add_argument(
+        "--backend-checksum",
+        choices=("crc32", "none"),
+        default="crc32",
+        help="the s3 backend's checksum setting in s3orch (default crc32)",
+    )
     args = parser.parse_args(argv)
     return Settings(
         size=(64 if args.quick else 256) * MiB,
@@ -374,6 +381,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
         threads=THREADS,
         reps=REPS,
         json_path=args.json,
+        backend_checksum=args.backend_checksum,
     )
 
 
