@@ -76,7 +76,7 @@ from bench_foundation import (
 from s3orch.crypto.envelope import DEFAULT_CHUNK_SIZE, OBJECT_ID_SIZE, encode_header
 from s3orch.crypto.keys import LocalKeys, WrappedKey, decode_key, generate_key, vault_fingerprint
 from s3orch.crypto.vault import REWRAP_BATCH_SIZE
-from s3orch.jobs.rotation import LOCAL_BATCH
+from s3orch.jobs.rotation import LOCAL_BATCH, LOCAL_REST, VAULT_REST
 from s3orch.store.records import SENC2
 from s3orch.testing.openbao import OpenBaoServer
 from s3orch.testing.s3orch_process import S3OrchProcess
@@ -997,8 +997,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"DEKs/s = DEKs rotated / the job's started..finished time (count, then batches of "
-        f"{LOCAL_BATCH} followed by a rest as long as the batch, or with Vault one rewrap call of"
-        f" {REWRAP_BATCH_SIZE} followed by a rest twice as long);"
+        f"{LOCAL_BATCH} followed by a rest of {LOCAL_REST:g}x the batch's time, or with Vault one"
+        f" rewrap call of {REWRAP_BATCH_SIZE} followed by a rest of {VAULT_REST:g}x);"
         f" one client thread GETs {settings.live_objects} live 1 KiB "
         f"objects back to back throughout; object backend: {settings.backend}"
     )

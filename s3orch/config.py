@@ -190,7 +190,7 @@ class VaultConfig:
     renew_interval: float = 300.0
     decrypt_only: bool = False
     """Vault only unwraps what it wrapped (moving away from Vault); another source wraps."""
-    rewrap_batch_size: int = 50
+    rewrap_batch_size: int = 100
     """DEKs per Transit ``rewrap`` request, and per batch, when rotating the Vault key."""
 
 

@@ -64,7 +64,7 @@ REQUEST_TIMEOUT: Final = 10.0
 """Seconds one Vault request may take, connecting included."""
 RETRY_DELAYS: Final = (0.2, 1.0)
 """Backoff before each retry of a transient failure (so two retries)."""
-REWRAP_BATCH_SIZE: Final = 50
+REWRAP_BATCH_SIZE: Final = 100
 """Ciphertexts per rewrap request: OpenBao refuses JSON with over 1000 strings by default."""
 RESPONSE_LIMIT: Final = 1024 * 1024
 TOKEN_FILE_LIMIT: Final = 64 * 1024
