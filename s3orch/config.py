@@ -192,6 +192,10 @@ class VaultConfig:
     """Vault only unwraps what it wrapped (moving away from Vault); another source wraps."""
     rewrap_batch_size: int = 100
     """DEKs per Transit ``rewrap`` request, and per batch, when rotating the Vault key."""
+    dek_cache_ttl: float = 300.0
+    """Seconds a DEK Vault wrapped or unwrapped is kept in memory (crypto/dek_cache.py)."""
+    dek_cache_size: int = 10_000
+    """DEKs kept at most; 0 turns the cache off (every read then calls Vault)."""
 
 
 SEAL_TYPES: Final = ("shamir", "auto")
@@ -1275,6 +1279,7 @@ def _read_vault(section: _Section) -> VaultConfig | None:
         else:
             if renew_interval <= 0:
                 vault.problem("renew_interval", "must be greater than 0")
+    dek_cache_size = vault.integer("dek_cache_size", default.dek_cache_size, 0, MAX_DEK_CACHE)
     return VaultConfig(
         address=address or "",
         key_name=key_name or "",
@@ -1289,11 +1294,15 @@ def _read_vault(section: _Section) -> VaultConfig | None:
             "rewrap_batch_size", default.rewrap_batch_size, 1, MAX_REWRAP_BATCH
         )
         or default.rewrap_batch_size,
+        dek_cache_ttl=vault.duration("dek_cache_ttl", default.dek_cache_ttl)
+        or default.dek_cache_ttl,
+        dek_cache_size=default.dek_cache_size if dek_cache_size is None else dek_cache_size,
     )
 
 
 # OpenBao takes larger batch_input lists, but a failed request then costs more work again.
 MAX_REWRAP_BATCH: Final = 1000
+MAX_DEK_CACHE: Final = 1_000_000
 
 
 def _vault_address_problem(address: str) -> str | None:

@@ -72,6 +72,12 @@ encryption_errors_total = Counter(
     ["op", "error_type"],
     registry=REGISTRY,
 )
+encryption_dek_cache_total = Counter(
+    "s3o_encryption_dek_cache_total",
+    "Data keys looked up in the cache of keys Vault unwrapped: hit or miss.",
+    ["result"],
+    registry=REGISTRY,
+)
 encryption_unknown_key_id_total = Counter(
     "s3o_encryption_unknown_key_id_total",
     "Data keys met whose master key is not configured (0 after a complete rotation).",

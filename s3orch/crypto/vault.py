@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from zope.interface import implementer
 
+from s3orch.crypto.dek_cache import DekCache
 from s3orch.crypto.keys import (
     DEK_SIZE,
     IKeyProvider,
@@ -212,6 +213,8 @@ class VaultTransitKeys:
     timeout: float = field(default=REQUEST_TIMEOUT, kw_only=True)
     retry_delays: Sequence[float] = field(default=RETRY_DELAYS, kw_only=True)
     rewrap_batch_size: int = field(default=REWRAP_BATCH_SIZE, kw_only=True)
+    dek_cache: DekCache | None = field(default=None, kw_only=True)
+    """DEKs this provider wrapped or unwrapped lately; without it every unwrap calls Vault."""
     pool: HTTPConnectionPool | None = field(default=None, kw_only=True)
     """A connection pool this provider owns and ``close()`` closes."""
     _key_checked: bool = field(default=False, init=False)
@@ -265,6 +268,11 @@ class VaultTransitKeys:
             namespace=config.namespace,
             pool=pool,
             rewrap_batch_size=config.rewrap_batch_size,
+            dek_cache=(
+                DekCache(config.dek_cache_ttl, config.dek_cache_size, reactor)
+                if config.dek_cache_size
+                else None
+            ),
         )
 
     def __repr__(self) -> str:
@@ -303,10 +311,16 @@ class VaultTransitKeys:
         reply = await self._call("POST", self._transit("encrypt"), {"plaintext": _b64(dek)}, doing)
         if reply.status != 200:
             raise self._unavailable(reply, doing)
-        return self._wrapped(reply.data.get("ciphertext"), doing)
+        wrapped = self._wrapped(reply.data.get("ciphertext"), doing)
+        if self.dek_cache is not None:
+            self.dek_cache.put(wrapped, dek)  # the object is likely read back soon
+        return wrapped
 
     async def unwrap(self, wrapped: WrappedKey) -> bytes:
         ciphertext = self._ciphertext_of(wrapped)
+        cached = self.dek_cache.get(wrapped) if self.dek_cache is not None else None
+        if cached is not None:
+            return cached
         doing = "unwrapping a data key"
         reply = await self._call(
             "POST", self._transit("decrypt"), {"ciphertext": ciphertext}, doing
@@ -327,6 +341,8 @@ class VaultTransitKeys:
                 f"the data key wrapped by Vault Transit key {self.fingerprint} is "
                 f"{len(dek)} bytes, not {DEK_SIZE}"
             )
+        if self.dek_cache is not None:
+            self.dek_cache.put(wrapped, dek)
         return dek
 
     # -- rotation ------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import base64
 import json
 import secrets
 import sqlite3
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,6 +20,7 @@ from s3orch.crypto.keys import generate_key
 from s3orch.testing.openbao import OpenBaoServer, find_bao, start_openbao
 from s3orch.testing.s3orch_process import S3OrchProcess, local_config
 from tests.integration.helpers import boto_client, put_multipart
+from tests.integration.test_encryption import metric_samples, sample_name
 
 ADMIN_TOKEN = "vault-test-admin-token"
 PART = 5 * 1024 * 1024
@@ -168,12 +170,14 @@ def test_migrating_from_an_inline_key_to_vault_and_back(
 def test_vault_down_is_503_and_nothing_is_written(
     openbao: OpenBaoServer, servers: Servers, tmp_path: Path
 ) -> None:
-    """With Vault unreachable, reads and writes that need a key are 503 and store nothing."""
+    """With Vault unreachable, reads and writes that need a key are 503 and store nothing
+    (the DEK cache is off here: every read needs Vault)."""
     own = start_openbao()
     try:
         key_name = "s3orch-down"
         own.create_key(key_name)
-        server = servers.start({"enabled": True, "vault": vault_section(own, key_name)})
+        vault = {**vault_section(own, key_name), "dek_cache_size": 0}
+        server = servers.start({"enabled": True, "vault": vault})
         s3 = boto_client(server.endpoint)
         s3.put_object(Bucket="test", Key="kept", Body=b"kept")
         own.kill()
@@ -185,5 +189,37 @@ def test_vault_down_is_503_and_nothing_is_written(
                 call()
             assert caught.value.response["Error"]["Code"] == "ServiceUnavailable"
         assert set(stored_deks(tmp_path)) == {"kept"}
+    finally:
+        own.stop()
+
+
+def test_cached_deks_outlive_vault_only_until_their_ttl(
+    openbao: OpenBaoServer, servers: Servers, tmp_path: Path
+) -> None:
+    """A DEK Vault wrapped or unwrapped lately reads without Vault until dek_cache_ttl has
+    passed since; then the read needs Vault again and is 503 while Vault is down. Writes
+    always need Vault. Cache hits and misses are counted."""
+    own = start_openbao()
+    try:
+        key_name = "s3orch-cached"
+        own.create_key(key_name)
+        vault = {**vault_section(own, key_name), "dek_cache_ttl": "3s"}
+        server = servers.start({"enabled": True, "vault": vault})
+        s3 = boto_client(server.endpoint)
+        s3.put_object(Bucket="test", Key="kept", Body=b"kept")
+        written = time.monotonic()
+        own.kill()
+        assert s3.get_object(Bucket="test", Key="kept")["Body"].read() == b"kept"
+        assert time.monotonic() - written < 3, "too slow to see the cache before its TTL"
+        with pytest.raises(ClientError) as caught:
+            s3.put_object(Bucket="test", Key="new", Body=b"new")
+        assert caught.value.response["Error"]["Code"] == "ServiceUnavailable"
+        time.sleep(max(0.0, written + 3.5 - time.monotonic()))
+        with pytest.raises(ClientError) as caught:
+            s3.get_object(Bucket="test", Key="kept")
+        assert caught.value.response["Error"]["Code"] == "ServiceUnavailable"
+        samples = metric_samples(server)  # (boto3 may have sent a failed request twice)
+        assert samples[sample_name("s3o_encryption_dek_cache_total", result="hit")] >= 1
+        assert samples[sample_name("s3o_encryption_dek_cache_total", result="miss")] >= 1
     finally:
         own.stop()

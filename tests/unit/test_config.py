@@ -1389,8 +1389,17 @@ def test_vault_block_shape() -> None:
         renew_interval=90.0,
     )
     assert encryption.vault.mount_path == "transit"
+    assert (encryption.vault.dek_cache_ttl, encryption.vault.dek_cache_size) == (300.0, 10_000)
     assert encryption.primary_key_id == "s3-orchestrator"
     assert "hvs.s3cr3t" not in repr(encryption)
+
+
+def test_vault_dek_cache_settings() -> None:
+    """dek_cache_ttl takes a duration; dek_cache_size 0 turns the cache off."""
+    vault = "{address: 'https://v', key_name: k, token: t, dek_cache_ttl: 30s, dek_cache_size: 0}"
+    config = parse(with_encryption(f"enabled: true\nvault: {vault}\n")).encryption.vault
+    assert config is not None
+    assert (config.dek_cache_ttl, config.dek_cache_size) == (30.0, 0)
 
 
 @pytest.mark.parametrize(
@@ -1438,6 +1447,14 @@ def test_vault_block_shape() -> None:
         (
             "{address: 'https://v', key_name: k, token: t, rewrap_batch_size: 0}",
             ["encryption.vault.rewrap_batch_size: must be"],
+        ),
+        (
+            "{address: 'https://v', key_name: k, token: t, dek_cache_ttl: 0s}",
+            ["encryption.vault.dek_cache_ttl: must be greater than 0"],
+        ),
+        (
+            "{address: 'https://v', key_name: k, token: t, dek_cache_size: -1}",
+            ["encryption.vault.dek_cache_size: must be"],
         ),
         ("nope", ["encryption.vault: must be a mapping"]),
     ],

@@ -21,6 +21,7 @@ from twisted.logger import LogEvent, formatEvent, globalLogPublisher
 from twisted.python.failure import Failure
 
 from s3orch.config import VaultConfig
+from s3orch.crypto.dek_cache import DekCache
 from s3orch.crypto.keys import (
     InvalidWrappedKey,
     KeyMaterialError,
@@ -124,6 +125,33 @@ def test_no_namespace_header_by_default() -> None:
     driver = Driver(vault)
     driver.run(driver.keys().wrap(DEK))
     assert [r["namespace"] for r in vault.requests] == [None, None]
+
+
+def test_dek_cache_spares_vault_calls() -> None:
+    """With a DEK cache, a DEK just wrapped, or once unwrapped, is not sent to Vault again
+    until its TTL has passed; a failed unwrap caches nothing."""
+    vault = FakeVault()
+    driver = Driver(vault)
+    keys = driver.keys(dek_cache=DekCache(60.0, 10, driver.clock))
+    fresh = driver.run(keys.wrap(DEK))
+    assert driver.run(keys.unwrap(fresh)) == DEK
+    old = wrapped(b"vault:v1:b3RoZXI=")  # not the canned encrypt's answer
+    first = driver.run(keys.unwrap(old))
+    assert driver.run(keys.unwrap(old)) == first
+    assert [p.rsplit("/", 2)[-2] for p in vault.paths] == ["keys", "encrypt", "decrypt"]
+    driver.clock.advance(61)
+    driver.run(keys.unwrap(old))
+    assert vault.paths[-1].endswith("/decrypt/k") and len(vault.paths) == 4
+
+
+def test_a_failed_unwrap_is_not_cached() -> None:
+    vault = FakeVault((500, {"errors": ["internal"]}), (500, {}), (500, {}))
+    driver = Driver(vault)
+    keys = driver.keys(dek_cache=DekCache(60.0, 10, driver.clock))
+    with pytest.raises(VaultUnavailable):
+        driver.run(keys.unwrap(wrapped()))
+    assert driver.run(keys.unwrap(wrapped())) == DEK
+    assert sum(p.endswith("/decrypt/k") for p in vault.paths) == 4  # 3 failed tries, then one
 
 
 def test_key_checked_once() -> None:
