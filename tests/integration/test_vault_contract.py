@@ -153,8 +153,10 @@ class Vault:
         self.made: list[VaultTransitKeys] = []
 
     def keys(self, key_name: str, **config: Any) -> VaultTransitKeys:
-        """A provider built by from_config, with fast retries."""
+        """A provider built by from_config, with fast retries and no DEK cache: every call
+        here must reach the server whose behaviour is under test."""
         config.setdefault("token", self.server.root_token)
+        config.setdefault("dek_cache_size", 0)
         vault_config = VaultConfig(address=self.server.address, key_name=key_name, **config)
         client = cast(HTTPClient, self.stub) if self.stub is not None else None
         keys = VaultTransitKeys.from_config(vault_config, self.clock, http_client=client)

@@ -61,7 +61,8 @@ def key_name(openbao: OpenBaoServer) -> str:
 
 @pytest.fixture
 def make_keys(openbao: OpenBaoServer, reactor: Any) -> Iterator[MakeKeys]:
-    """Builds providers with from_config (fast retries); closes their pools afterwards."""
+    """Builds providers with from_config (fast retries, no DEK cache: each call reaches
+    OpenBao); closes their pools afterwards."""
     made: list[VaultTransitKeys] = []
 
     def make(
@@ -70,6 +71,7 @@ def make_keys(openbao: OpenBaoServer, reactor: Any) -> Iterator[MakeKeys]:
         server = server or openbao
         if "token_file" not in config:
             config.setdefault("token", server.root_token)
+        config.setdefault("dek_cache_size", 0)
         keys = VaultTransitKeys.from_config(
             VaultConfig(address=server.address, key_name=key_name, **config), reactor
         )
