@@ -703,22 +703,18 @@ class S3Backend:
                 raise BackendError(f"{self.name}: negative length")
             framed = Crc32Body(body, length) if checksum else None
             if framed is None:
-                response, watchdog = await self._send(
-                    "PUT", key, query=query, headers=headers, body=body_producer(body, length)
-                )
+                producer, payload_hash = body_producer(body, length), None
             else:
-                response, watchdog = await self._send(
-                    "PUT",
-                    key,
-                    query=query,
-                    headers={
-                        **(headers or {}),
-                        **TRAILER_HEADERS,
-                        "x-amz-decoded-content-length": str(length),
-                    },
-                    body=body_producer(framed.stream(), framed.wire_length),
-                    payload_hash=STREAMING_UNSIGNED_PAYLOAD_TRAILER,
-                )
+                headers = {
+                    **(headers or {}),
+                    **TRAILER_HEADERS,
+                    "x-amz-decoded-content-length": str(length),
+                }
+                producer = body_producer(framed.stream(), framed.wire_length)
+                payload_hash = STREAMING_UNSIGNED_PAYLOAD_TRAILER
+            response, watchdog = await self._send(
+                "PUT", key, query=query, headers=headers, body=producer, payload_hash=payload_hash
+            )
         except BaseException:
             # The request may have failed before the body was ever pulled.
             with contextlib.suppress(Exception):
