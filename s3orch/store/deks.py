@@ -7,9 +7,11 @@ never reverted, and a DEK rotated by someone else meanwhile is left as it is.
 
 On SQLite the walk follows the rowid, the order rows sit in the file, so that a batch's
 updates dirty a few neighbouring pages of the table and of its key index (schema 006) rather
-than a page per DEK. A row keeps its rowid for life and new rows get higher ones, and any row
-written after the job started carries a DEK of the primary key, so the walk misses no DEK it
-must re-wrap. PostgreSQL has no stable physical order; it walks version ids.
+than a page per DEK. New rows get higher rowids, and any row written after the job started
+carries a DEK of the primary key. Only a VACUUM renumbers rowids (these tables have no INTEGER
+PRIMARY KEY), so the cursor also names the last row it passed: if that row has moved, the walk
+starts over, and DEKs re-wrapped already are no longer selected. PostgreSQL has no stable
+physical order; it walks version ids.
 """
 
 from __future__ import annotations
@@ -18,17 +20,19 @@ import base64
 from collections.abc import Sequence
 
 from attrs import define, frozen
+from twisted.logger import Logger
 
 from s3orch.crypto.keys import WrappedKey
 from s3orch.store.db import Cursor, Database, Dialect
 
-# The tables in the order the job visits them, with the column each is walked by per
-# dialect; a cursor is "<table index>:<last id>".
+log = Logger()
+
+# The tables in the order the job visits them, their rows' ids, and the column each is walked
+# by per dialect. A cursor is "<table index>:<last walked value>", and on SQLite
+# ":<id of that row>" after it.
 _TABLES = ("objects", "multipart_uploads")
-_WALK_COLUMNS: dict[Dialect, tuple[str, ...]] = {
-    "sqlite": ("rowid", "rowid"),
-    "postgres": ("version_id", "upload_id"),
-}
+_IDS = ("version_id", "upload_id")
+_WALK_COLUMNS: dict[Dialect, tuple[str, ...]] = {"sqlite": ("rowid", "rowid"), "postgres": _IDS}
 
 
 @frozen
@@ -86,29 +90,38 @@ class DekStore:
         """Up to ``limit`` selected DEKs after ``cursor``, and the cursor after them
         (None once both tables are exhausted)."""
         where, params = selection.where()
-        columns = _WALK_COLUMNS[self._db.dialect]
-        table_index, after = _parse_cursor(cursor, self._db.dialect)
+        dialect = self._db.dialect
+        columns = _WALK_COLUMNS[dialect]
+        table_index, after, anchor = _parse_cursor(cursor, dialect)
 
         def txn(cur: Cursor) -> tuple[list[StoredDek], str | None]:
             found: list[StoredDek] = []
             index, last = table_index, after
+            if anchor and _moved(cur, index, last, anchor):
+                log.warn("rowids changed during a key rotation (VACUUM?): walking again")
+                index, last = 0, _start(dialect)
+            last_id = anchor
             while index < len(_TABLES) and len(found) < limit:
                 table, column = _TABLES[index], columns[index]
                 cur.execute(
-                    f"SELECT {column}, enc_key_id, enc_fingerprint, enc_wrapped FROM {table}"
-                    f" WHERE {where} AND {column} > ? ORDER BY {column} LIMIT ?",
+                    f"SELECT {column}, {_IDS[index]}, enc_key_id, enc_fingerprint, enc_wrapped"
+                    f" FROM {table} WHERE {where} AND {column} > ? ORDER BY {column} LIMIT ?",
                     [*params, last, limit - len(found)],
                 )
                 rows = cur.fetchall()
-                for row_id, key_id, fingerprint, blob in rows:
+                for row_id, _, key_id, fingerprint, blob in rows:
                     wrapped = WrappedKey(key_id, fingerprint, base64.b64decode(blob))
                     found.append(StoredDek(index, row_id, wrapped))
+                if rows:
+                    last_id = rows[-1][1]
                 if len(found) < limit:
-                    index, last = index + 1, _start(self._db.dialect)
+                    index, last = index + 1, _start(dialect)
                 else:
                     last = found[-1].row_id
             if index >= len(_TABLES):
                 return found, None
+            if dialect == "sqlite" and last:
+                return found, f"{index}:{last}:{last_id}"
             return found, f"{index}:{last}"
 
         return await self._db.run("page_deks", txn, readonly=True)
@@ -166,15 +179,25 @@ def _start(dialect: Dialect) -> str | int:
     return 0 if dialect == "sqlite" else ""
 
 
-def _parse_cursor(cursor: str | None, dialect: Dialect) -> tuple[int, str | int]:
+def _parse_cursor(cursor: str | None, dialect: Dialect) -> tuple[int, str | int, str]:
+    """(table index, last walked value, id of the row it belongs to: SQLite only)."""
     if not cursor:
-        return 0, _start(dialect)
+        return 0, _start(dialect), ""
     index, _, last = cursor.partition(":")
     if dialect == "postgres":
-        return int(index), last
+        return int(index), last, ""
+    rowid, _, anchor = last.partition(":")
     try:
-        return int(index), int(last)
+        return int(index), int(rowid), anchor
     except ValueError:
         # A cursor of an s3orch before schema 006 (a version id): walk that table again
         # from its start; the DEKs re-wrapped already are no longer selected.
-        return int(index), 0
+        return int(index), 0, ""
+
+
+def _moved(cur: Cursor, index: int, rowid: str | int, row_id: str) -> bool:
+    """Whether the row ``row_id`` of table ``index`` is no longer at ``rowid``
+    (a row deleted since cannot tell, and counts as not moved)."""
+    cur.execute(f"SELECT rowid FROM {_TABLES[index]} WHERE {_IDS[index]} = ?", (row_id,))
+    row = cur.fetchone()
+    return row is not None and row[0] != rowid

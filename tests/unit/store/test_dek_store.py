@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import uuid
 
+import pytest
+
 from s3orch.crypto.keys import WrappedKey
 from s3orch.store.db import Database
 from s3orch.store.deks import DekStore, KeySelection, StoredDek
@@ -87,3 +89,26 @@ async def test_cursor_from_before_schema_6_walks_the_table_again(db: Database) -
         assert sorted(d.wrapped.blob.decode() for d in found) == sorted(seeded)
     else:  # still a version id walk: nothing comes after the greatest one
         assert found == []
+
+
+async def test_a_walk_survives_renumbered_rowids(db: Database) -> None:
+    """SQLite walks rowids, which only a VACUUM may change. If the row the cursor stopped at
+    has moved, the walk starts over rather than skip the rows that moved below it."""
+    if db.dialect != "sqlite":
+        pytest.skip("PostgreSQL walks version ids, which never change")
+    seeded = await _seed(db, 10)
+    deks = DekStore(db)
+    first, cursor = await deks.page(OLD, None, 4)
+    # Renumber as a rebuild could: rows 5..10 become 1..6, rows 1..4 become 7..10.
+    await db.run(
+        "renumber",
+        lambda cur: (
+            cur.execute("UPDATE objects SET rowid = rowid + 1000"),
+            cur.execute(
+                "UPDATE objects SET rowid = CASE WHEN rowid > 1004 THEN rowid - 1004"
+                " ELSE rowid - 994 END"
+            ),
+        ),
+    )
+    rest = await _walk(deks, 4, cursor)
+    assert {d.wrapped.blob.decode() for d in first + rest} == set(seeded)
