@@ -547,6 +547,18 @@ def wait_job(orch: S3OrchProcess, job_id: str, timeout: float) -> tuple[dict[str
     raise RuntimeError(f"job {job_id} still running after {timeout:.0f} s:\n{orch.log_tail()}")
 
 
+def poll_idle(orch: S3OrchProcess, seconds: float) -> None:
+    """Poll the admin API as ``wait_job`` does during a rotation, for ``seconds``: the idle
+    GETs then share s3orch and this process with the same observer as the GETs they are
+    compared with."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        status, view = admin(orch.endpoint, "GET", "jobs?limit=1")
+        if status != 200:
+            raise RuntimeError(f"GET jobs answered {status}: {view}")
+        time.sleep(POLL_INTERVAL)
+
+
 @contextlib.contextmanager
 def profiled(pid: int, out: Path | None) -> Iterator[None]:
     """py-spy recording ``pid`` while the block runs, if asked for: raw collapsed stacks per
@@ -690,7 +702,7 @@ def run_scenario(
 
         log(f"{name}: {settings.idle_seconds:g} s of GETs with no rotation")
         with GetLoop(orch.endpoint, payloads) as idle_loop:
-            time.sleep(settings.idle_seconds)
+            poll_idle(orch, settings.idle_seconds)
         if idle_loop.errors:
             raise RuntimeError(f"GETs failed with no rotation: {idle_loop.errors[:3]}")
         idle = latency([took for _, took in idle_loop.samples])

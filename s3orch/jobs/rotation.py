@@ -38,8 +38,9 @@ YIELD_EVERY = 50  # DEKs re-wrapped between two turns of the reactor
 # close to idle during a rotation (benchmarks/bench_rotation.py; p99 of 1 KiB GETs went to
 # 3-6x idle with batches of 500 and no rest). Inside Vault a batch is one Transit rewrap call
 # of the provider's rewrap_batch_size; Vault's own work does not show in s3orch's time, so
-# it rests longer (measured with OpenBao on the same 2 CPUs, 100,000 DEKs: batches of 50
-# resting 2x, 2,500 DEKs/s with p99 1.9x idle; batches of 100 resting 3x, 2,900 and 1.6x).
+# it rests longer. Measured with OpenBao on the same 2 CPUs, 100,000 DEKs: batches of 100
+# resting 3x gave 2,900-3,050 DEKs/s with GET p99 1.6-2.3x idle; resting 4x, 2,300-2,650 with
+# the same spread of p99 (1.4-2.4x); batches of 50 resting 3x, 2,043 and 1.9x.
 LOCAL_BATCH = 100
 LOCAL_REST = 1.0
 VAULT_REST = 3.0
