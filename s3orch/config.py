@@ -176,6 +176,11 @@ class AdminConfig:
         return bool(self.token)
 
 
+REWRAP_BATCH_SIZE: Final = 100
+"""Ciphertexts per Transit rewrap request: OpenBao refuses JSON with over 1000 strings by
+default."""
+
+
 @frozen
 class VaultConfig:
     """Vault Transit as the master key source (validated here, implemented separately)."""
@@ -190,7 +195,7 @@ class VaultConfig:
     renew_interval: float = 300.0
     decrypt_only: bool = False
     """Vault only unwraps what it wrapped (moving away from Vault); another source wraps."""
-    rewrap_batch_size: int = 100
+    rewrap_batch_size: int = REWRAP_BATCH_SIZE
     """DEKs per Transit ``rewrap`` request, and per batch, when rotating the Vault key."""
     dek_cache_ttl: float = 300.0
     """Seconds a DEK Vault wrapped or unwrapped is kept in memory (crypto/dek_cache.py)."""

@@ -26,7 +26,7 @@ import binascii
 import json
 import re
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import Any, Final, cast
 from urllib.parse import quote
 
 from attrs import define, field, frozen
@@ -41,6 +41,7 @@ from twisted.logger import Logger
 from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
 from zope.interface import implementer
 
+from s3orch.config import REWRAP_BATCH_SIZE, VaultConfig
 from s3orch.crypto.dek_cache import DekCache
 from s3orch.crypto.keys import (
     DEK_SIZE,
@@ -56,17 +57,12 @@ from s3orch.crypto.keys import (
 )
 from s3orch.httputil import describe_failure
 
-if TYPE_CHECKING:
-    from s3orch.config import VaultConfig
-
 log = Logger()
 
 REQUEST_TIMEOUT: Final = 10.0
 """Seconds one Vault request may take, connecting included."""
 RETRY_DELAYS: Final = (0.2, 1.0)
 """Backoff before each retry of a transient failure (so two retries)."""
-REWRAP_BATCH_SIZE: Final = 100
-"""Ciphertexts per rewrap request: OpenBao refuses JSON with over 1000 strings by default."""
 RESPONSE_LIMIT: Final = 1024 * 1024
 TOKEN_FILE_LIMIT: Final = 64 * 1024
 POOLED_CONNECTION_IDLE: Final = 30
