@@ -44,21 +44,25 @@ import re
 import secrets
 import string
 import uuid
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
-from typing import Any, Final, cast
+from typing import Any, Final, TypeVar, cast
 from urllib.parse import unquote
 
 from attrs import define, field
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import Clock
+from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request
 
 from s3orch.testing.openbao import TransitAdmin
 
 Json = dict[str, Any]
+T = TypeVar("T")
 
 DEFAULT_ROOT_TOKEN: Final = "s3orch-test-root-token"
 DEFAULT_ADDRESS: Final = "http://vault.test:8200"
@@ -67,6 +71,31 @@ DEFAULT_MAX_TTL: Final = 768 * 3600
 MAX_JSON_STRINGS: Final = 1000
 """OpenBao >= 2.4 refuses a request with more strings (keys and values) than this."""
 VERSION: Final = "2.7.2"
+
+
+def run_stubbed(
+    coro: Coroutine[Any, Any, T],
+    flush: Callable[[], object],
+    clock: Clock,
+    step: float,
+    rounds: int,
+) -> T:
+    """Run ``coro`` (a client of a Vault behind a ``treq.testing.StubTreq``) to its end:
+    ``flush`` the stub's in-memory connections and advance ``clock`` by ``step``, at most
+    ``rounds`` times."""
+    d = Deferred.fromCoroutine(coro)
+    for _ in range(rounds):
+        flush()
+        if d.called:
+            break
+        clock.advance(step)
+    results: list[Any] = []
+    d.addBoth(results.append)
+    assert results, "the call never finished"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return cast(T, results[0])
+
 
 _NONCE_SIZE: Final = 12
 _KEY_NAME: Final = r"\w(?:[\w.-]*\w)?"

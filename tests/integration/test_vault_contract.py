@@ -23,9 +23,7 @@ import pytest
 import pytest_twisted
 from treq.client import HTTPClient
 from treq.testing import StubTreq
-from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
-from twisted.python.failure import Failure
 
 from s3orch.config import VaultConfig
 from s3orch.crypto.keys import InvalidWrappedKey, KeyUnavailable, UnknownKey, WrappedKey
@@ -36,7 +34,7 @@ from s3orch.crypto.vault import (
     VaultUnavailable,
     ciphertext_version,
 )
-from s3orch.testing.fake_vault import FakeVault
+from s3orch.testing.fake_vault import FakeVault, run_stubbed
 from s3orch.testing.openbao import OpenBaoServer, find_bao, start_openbao
 
 T = TypeVar("T")
@@ -169,18 +167,7 @@ class Vault:
         end at once, pumping the in-memory connections and advancing the Clock."""
         if self.stub is None:
             return await coro
-        d = Deferred.fromCoroutine(coro)
-        for _ in range(1000):
-            self.stub.flush()
-            if d.called:
-                break
-            self.clock.advance(0.01)
-        results: list[Any] = []
-        d.addBoth(results.append)
-        assert results, "the call never finished"
-        if isinstance(results[0], Failure):
-            results[0].raiseException()
-        return cast(T, results[0])
+        return run_stubbed(coro, self.stub.flush, self.clock, step=0.01, rounds=1000)
 
     async def fails(self, coro: Coroutine[Any, Any, Any], error: type[Exception]) -> Exception:
         """The ``error`` the coroutine raises."""

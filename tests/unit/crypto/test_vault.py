@@ -37,6 +37,7 @@ from s3orch.crypto.vault import (
     read_token_file,
 )
 from s3orch.testing.fake_vault import CannedVault as FakeVault
+from s3orch.testing.fake_vault import run_stubbed
 
 T = TypeVar("T")
 
@@ -61,18 +62,7 @@ class Driver:
         )
 
     def run(self, coro: Coroutine[Any, Any, T]) -> T:
-        d = Deferred.fromCoroutine(coro)
-        for _ in range(100):
-            self.stub.flush()
-            if d.called:
-                break
-            self.clock.advance(0.1)
-        results: list[Any] = []
-        d.addBoth(results.append)
-        assert results, "the call never finished"
-        if isinstance(results[0], Failure):
-            results[0].raiseException()
-        return cast(T, results[0])
+        return run_stubbed(coro, self.stub.flush, self.clock, step=0.1, rounds=100)
 
 
 @pytest.fixture
