@@ -35,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config as BotoConfig
@@ -103,6 +103,8 @@ class Row:
             return self.ratio is not None and self.ratio >= self.target
         return self.s3orch <= self.target
 
+
+S = TypeVar("S")
 
 # -- clients and targets -------------------------------------------------------------------
 
@@ -768,13 +770,21 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    settings = parse_args(argv)
+def run_interruptibly(run: Callable[[S], dict[str, Any]], settings: S) -> dict[str, Any] | None:
+    """``run(settings)`` with SIGTERM taken as Ctrl-C; None if either stopped it (everything
+    it started has been stopped then)."""
     try:
         with interrupt_on_sigterm():
-            result = run(settings)
+            return run(settings)
     except KeyboardInterrupt:
         log("interrupted; everything started has been stopped")
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = parse_args(argv)
+    result = run_interruptibly(run, settings)
+    if result is None:
         return 130
     rows: list[Row] = result.pop("_rows")
     machine = result["machine"]

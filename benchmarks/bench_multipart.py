@@ -42,7 +42,6 @@ from bench_foundation import (
     describe_machine,
     emit_json,
     fmt,
-    interrupt_on_sigterm,
     log,
     machine_info,
     print_cpu,
@@ -50,6 +49,7 @@ from bench_foundation import (
     print_results,
     random_file,
     row_json,
+    run_interruptibly,
     s3_backend_entry,
     s3_client,
     s3orch_config,
@@ -388,11 +388,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     """Run, then print the tables a reader compares across runs, then the raw figures."""
     settings = parse_args(argv)
-    try:
-        with interrupt_on_sigterm():
-            result = run(settings)
-    except KeyboardInterrupt:
-        log("interrupted; everything started has been stopped")
+    result = run_interruptibly(run, settings)
+    if result is None:
         return 130
     rows: list[Row] = result.pop("_rows")
     print()

@@ -61,11 +61,11 @@ from bench_foundation import (
     describe_machine,
     emit_json,
     fmt,
-    interrupt_on_sigterm,
     log,
     machine_info,
     print_grid,
     row_json,
+    run_interruptibly,
     s3_backend_entry,
     s3_client,
     s3orch_config,
@@ -988,11 +988,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
-    try:
-        with interrupt_on_sigterm():
-            result = run(settings)
-    except KeyboardInterrupt:
-        log("interrupted; everything started has been stopped")
+    result = run_interruptibly(run, settings)
+    if result is None:
         return 130
     rows: list[Check] = result.pop("_rows")
     scenarios: list[Scenario] = result.pop("_scenarios")
